@@ -1,0 +1,25 @@
+"""Evaluate: score a detections file, or run a checkpoint over a split and score it.
+
+    python scripts/eval.py dataset=voc07 detections=path/to/detections.json
+    python scripts/eval.py checkpoint=outputs/train/.../checkpoints/best.pt
+
+Writes metrics.json (and, when a model ran, detections.json and pr_curves.png) into the
+Hydra run directory and prints the per-class table.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from spp_det.engine.cli import report_errors
+from spp_det.engine.jobs import evaluate_job
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    evaluate_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""PASCAL VOC layout: ``<root>/<dir>/{Annotations, JPEGImages, ImageSets/Main/<split>.txt}``.
+
+Several (dir, split) parts combine into one data set, e.g. VOC07+12 trainval. Boxes are
+converted from VOC's 1-based inclusive integers to the project convention on load; the
+VOC evaluator converts back (``boxes.xyxy_to_voc``).
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..boxes import voc_to_xyxy
+from ..errors import SppDetError
+from .sample import DetectionDataset, Target
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+]
+
+
+def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
+                  image_id: str) -> Target:
+    """Parse one VOC XML file. Objects of classes not in ``class_to_label`` are dropped
+    (a data set restricted to a subset of classes); unknown names are not an error for
+    that reason, but malformed boxes are."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise SppDetError(f"{path}: cannot parse VOC annotation ({exc})") from exc
+    size = root.find("size")
+    try:
+        width = int(size.findtext("width"))
+        height = int(size.findtext("height"))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SppDetError(f"{path}: missing or bad <size><width>/<height>") from exc
+    boxes, labels, ignore = [], [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_to_label:
+            continue
+        bb = obj.find("bndbox")
+        try:
+            xyxy = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise SppDetError(f"{path}: object '{name}' has a missing or bad <bndbox>") from exc
+        if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
+            raise SppDetError(f"{path}: object '{name}' has xmax < xmin or ymax < ymin: {xyxy}")
+        boxes.append(xyxy)
+        labels.append(class_to_label[name])
+        ignore.append(int(obj.findtext("difficult") or 0) == 1)
+    box_t = voc_to_xyxy(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    return Target(image_id=image_id, path=image_path, height=height, width=width, boxes=box_t,
+                  labels=torch.tensor(labels, dtype=torch.int64),
+                  ignore=torch.tensor(ignore, dtype=torch.bool))
+
+
+def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[str] | None = None,
+             name: str = "voc") -> DetectionDataset:
+    """Load VOC-layout parts.
+
+    root: folder that holds the year folders (e.g. ``data/VOCdevkit``).
+    parts: (dir, split) pairs, e.g. ``[("VOC2007", "trainval"), ("VOC2012", "trainval")]``.
+    classes: class names in label order (1..C); VOC's 20 by default.
+    Image ids are the file stems; they must be unique across parts.
+    """
+    classes = list(classes or VOC_CLASSES)
+    class_to_label = {c: i + 1 for i, c in enumerate(classes)}
+    root = Path(root)
+    targets: list[Target] = []
+    seen: dict[str, Path] = {}
+    for sub, split in parts:
+        base = root / sub
+        split_file = base / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise SppDetError(f"{split_file}: split file not found (is the VOC data set under "
+                              f"{root}? set dataset.root)")
+        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise SppDetError(f"{split_file}: split is empty")
+        for stem in ids:
+            if stem in seen:
+                raise SppDetError(f"{split_file}: image id '{stem}' also in {seen[stem]}")
+            seen[stem] = split_file
+            xml = base / "Annotations" / f"{stem}.xml"
+            image = base / "JPEGImages" / f"{stem}.jpg"
+            if not xml.is_file():
+                raise SppDetError(f"{xml}: annotation listed in {split_file} is missing")
+            targets.append(parse_voc_xml(xml, class_to_label, image, stem))
+    return DetectionDataset(name, classes, targets)

@@ -1,0 +1,1 @@
+"""Jobs built on the models and data: training, inference, evaluation, checkpoints."""

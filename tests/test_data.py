@@ -1,0 +1,158 @@
+import hashlib
+import re
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import COCO128, COCO128_VOC, need_shared
+from spp_det.data import (VOC_CLASSES, CocoDetection, build_dataset, generate_shapes, list_images,
+                          load_voc, read_image)
+from spp_det.errors import SppDetError
+
+OBJ_RE = re.compile(r"<object>.*?<name>(.*?)</name>.*?<difficult>(\d)</difficult>.*?"
+                    r"<xmin>([\d.]+)</xmin>\s*<ymin>([\d.]+)</ymin>\s*<xmax>([\d.]+)</xmax>\s*"
+                    r"<ymax>([\d.]+)</ymax>", re.S)
+
+
+def test_voc_parsing_of_real_files_matches_xml_text():
+    need_shared(COCO128_VOC)
+    ds = load_voc(COCO128_VOC.parent, [("VOC2007", "trainval")])
+    assert len(ds) == 128 and ds.classes == VOC_CLASSES
+    total = 0
+    for t in ds.targets:
+        text = (COCO128_VOC / "Annotations" / f"{t.image_id}.xml").read_text()
+        objs = OBJ_RE.findall(text)
+        assert len(objs) == len(t.boxes)
+        for (name, diff, x1, y1, x2, y2), box, label, ign in zip(objs, t.boxes, t.labels, t.ignore):
+            assert VOC_CLASSES[label - 1] == name
+            assert box.tolist() == [float(x1) - 1, float(y1) - 1, float(x2), float(y2)]
+            assert bool(ign) == (diff == "1")
+        w = int(re.search(r"<width>(\d+)</width>", text).group(1))
+        assert t.width == w
+        total += len(objs)
+    assert total > 300  # the 20 VOC classes of 929 COCO boxes
+    image, target = ds[0]
+    assert image.dtype == np.uint8 and image.shape == (target.height, target.width, 3)
+
+
+def test_voc_class_subset_and_combined_parts(tmp_path):
+    need_shared(COCO128_VOC)
+    ds = load_voc(COCO128_VOC.parent, [("VOC2007", "trainval")], classes=["person", "dog"])
+    assert ds.classes == ["person", "dog"]
+    assert all(set(t.labels.tolist()) <= {1, 2} for t in ds.targets)
+    persons = sum(int((t.labels == 1).sum()) for t in ds.targets)
+    assert persons == 254  # coco128's person boxes (its README)
+    with pytest.raises(SppDetError, match="also in"):
+        load_voc(COCO128_VOC.parent, [("VOC2007", "trainval"), ("VOC2007", "trainval")])
+
+
+def test_voc_errors_name_the_file(tmp_path):
+    with pytest.raises(SppDetError, match=r"VOC2007/ImageSets/Main/test.txt: split file not found"):
+        load_voc(tmp_path, [("VOC2007", "test")])
+    base = tmp_path / "V" / "ImageSets" / "Main"
+    base.mkdir(parents=True)
+    (base / "s.txt").write_text("a\n")
+    (tmp_path / "V" / "Annotations").mkdir()
+    (tmp_path / "V" / "Annotations" / "a.xml").write_text("<annotation><size>")
+    with pytest.raises(SppDetError, match=r"a.xml: cannot parse"):
+        load_voc(tmp_path, [("V", "s")])
+
+
+def test_voc_difficult_flag(tmp_path):
+    base = tmp_path / "V"
+    (base / "ImageSets" / "Main").mkdir(parents=True)
+    (base / "Annotations").mkdir()
+    (base / "ImageSets" / "Main" / "s.txt").write_text("x\n")
+    (base / "Annotations" / "x.xml").write_text(
+        "<annotation><size><width>50</width><height>40</height></size>"
+        "<object><name>dog</name><difficult>1</difficult><bndbox><xmin>3</xmin><ymin>4</ymin>"
+        "<xmax>20</xmax><ymax>30</ymax></bndbox></object>"
+        "<object><name>cat</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>50</xmax><ymax>40</ymax></bndbox></object></annotation>")
+    t = load_voc(tmp_path, [("V", "s")]).targets[0]
+    assert t.boxes.tolist() == [[2.0, 3.0, 20.0, 30.0], [0.0, 0.0, 50.0, 40.0]]
+    assert t.ignore.tolist() == [True, False]
+    assert t.labels.tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("cat") + 1]
+
+
+def test_coco128_loads_all_images_and_boxes():
+    need_shared(COCO128)
+    ds = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json")
+    assert len(ds) == 128
+    assert sum(len(t.boxes) for t in ds.targets) == 929
+    assert len(ds.classes) == 80 and ds.label_to_cat[1] == 1 and ds.label_to_cat[-1] == 90
+    # boxes are [x, y, x + w, y + h] of the json
+    ann = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=ds.targets[0].image_id))[0]
+    x, y, w, h = ann["bbox"]
+    assert torch.allclose(ds.targets[0].boxes[0], torch.tensor([x, y, x + w, y + h]))
+    empty = [t for t in ds.targets if len(t.boxes) == 0]
+    assert len(empty) > 0  # images without annotations stay in the set
+    person = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json",
+                           classes=["person"])
+    assert sum(len(t.boxes) for t in person.targets) == 254 and person.label_to_cat == [0, 1]
+    with pytest.raises(SppDetError, match="unknown categories"):
+        CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json",
+                      classes=["unicorn"])
+
+
+def test_coco_crowd_is_ignore(tmp_path):
+    import json
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "x.jpg", "width": 20, "height": 10}],
+        "categories": [{"id": 3, "name": "car"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 1,
+                         "area": 12},
+                        {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 0,
+                         "area": 25}]}))
+    ds = CocoDetection(tmp_path, tmp_path / "a.json")
+    assert ds.targets[0].ignore.tolist() == [True, False]
+    assert ds.targets[0].boxes.tolist() == [[1, 2, 4, 6], [0, 0, 5, 5]]
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_shapes_byte_identical_per_seed(tmp_path):
+    a = generate_shapes(tmp_path / "a", 5, 3, seed=1)
+    b = generate_shapes(tmp_path / "b", 5, 3, seed=1)
+    c = generate_shapes(tmp_path / "c", 5, 3, seed=2)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+    ds = load_voc(tmp_path / "a", [("SHAPES", "trainval")], ["ellipse", "rectangle", "triangle"])
+    assert len(ds) == 5
+    for i in range(len(ds)):
+        image, t = ds[i]
+        assert 300 <= t.height <= 500 and 300 <= t.width <= 500
+        assert len(t.boxes) >= 1
+        assert (t.boxes[:, 2:] - t.boxes[:, :2] >= 20).all()
+        assert (t.boxes[:, 2] <= t.width).all() and (t.boxes[:, 3] <= t.height).all()
+
+
+def test_build_dataset_from_config(shapes_root):
+    cfg = OmegaConf.load("configs/dataset/shapes.yaml")
+    cfg.root = str(shapes_root)
+    cfg.generate = {"num_trainval": 8, "num_test": 6, "seed": 0}
+    assert len(build_dataset(cfg, "test")) == 6
+    with pytest.raises(SppDetError, match="unknown split 'val'"):
+        build_dataset(cfg, "val")
+
+
+def test_folder_and_bad_images(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    (tmp_path / "a.txt").write_text("x")
+    import cv2
+    cv2.imwrite(str(tmp_path / "c.jpg"), np.zeros((5, 7, 3), np.uint8))
+    assert [p.name for p in list_images(tmp_path)] == ["b.png", "c.jpg"]
+    assert read_image(tmp_path / "c.jpg").shape == (5, 7, 3)
+    with pytest.raises(SppDetError, match=r"b.png: not a readable image"):
+        read_image(tmp_path / "b.png")
+    with pytest.raises(SppDetError, match="no such file or folder"):
+        list_images(tmp_path / "nope")

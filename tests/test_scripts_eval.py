@@ -1,0 +1,61 @@
+"""scripts/eval.py end to end on a detections file (no model)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spp_det.data import load_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_eval(tmp_path, shapes_root, detections, *extra):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "scripts/eval.py", "dataset=shapes", f"dataset.root={shapes_root}",
+         "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",
+         f"detections={detections}", f"hydra.run.dir={out}", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc, out
+
+
+def test_eval_scores_a_detections_file(tmp_path, shapes_root):
+    ds = load_voc(shapes_root, [("SHAPES", "test")], ["ellipse", "rectangle", "triangle"])
+    results = []
+    for t in ds.targets:
+        for box, label in zip(t.boxes.tolist(), t.labels.tolist()):
+            results.append({"image_id": t.image_id, "category_id": ds.classes[label - 1],
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": 0.9})
+    # one extra false positive of 'ellipse' above every true ellipse: precision drops
+    first = ds.targets[0]
+    results.append({"image_id": first.image_id, "category_id": "ellipse", "bbox": [0, 0, 3, 3],
+                    "score": 0.95})
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(results))
+    proc, out = run_eval(tmp_path, shapes_root, path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "voc07"
+    assert metrics["AP"]["rectangle"] == pytest.approx(1.0)
+    assert metrics["AP"]["triangle"] == pytest.approx(1.0)
+    n_ell = sum(int((t.labels == 1).sum()) for t in ds.targets)
+    # precision n/(n+1) at every recall: 11-point AP is that value
+    assert metrics["AP"]["ellipse"] == pytest.approx(n_ell / (n_ell + 1))
+    assert "mAP" in proc.stdout and (out / "pr_curves.png").is_file()
+    proc, out = run_eval(tmp_path, shapes_root, path, "metric=voc10")
+    assert json.loads((out / "metrics.json").read_text())["metric"] == "voc10"
+
+
+def test_eval_bad_file_is_one_line_error(tmp_path, shapes_root):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc, _ = run_eval(tmp_path, shapes_root, bad)
+    assert proc.returncode == 1
+    assert f"{bad}: not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad.write_text(json.dumps([{"image_id": "nope", "category_id": "ellipse", "bbox": [0, 0, 1, 1],
+                                "score": 1}]))
+    proc, _ = run_eval(tmp_path, shapes_root, bad)
+    assert proc.returncode == 1 and "unknown or missing 'nope'" in proc.stderr
