@@ -33,27 +33,41 @@ def draw_detections(image_rgb: np.ndarray, boxes: torch.Tensor, labels: torch.Te
     return out
 
 
-def pr_grid(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], cell: int = 220) -> np.ndarray:
-    """One precision-recall plot per class in a grid; curves: name -> (recall, precision, AP).
-    Returns a BGR image."""
-    names = list(curves)
-    cols = max(1, min(5, len(names)))
-    rows = max(1, (len(names) + cols - 1) // cols)
+def plot_panels(panels: list[dict], cell: int = 240) -> np.ndarray:
+    """Line plots in a grid, drawn with OpenCV (no plotting dependency). Each panel:
+    ``{"title": str, "series": [(x (K,), y (K,)), ...], "xlim": (lo, hi), "xlog": bool,
+    "xlabel": str, "ylabel": str}``; y is drawn on [0, 1]. Returns a BGR image."""
+    cols = max(1, min(5, len(panels)))
+    rows = max(1, (len(panels) + cols - 1) // cols)
     grid = np.full((rows * cell, cols * cell, 3), 255, np.uint8)
-    pad = 30
-    for k, name in enumerate(names):
-        recall, precision, ap = curves[name]
+    pad = 32
+    for k, panel in enumerate(panels):
         ox, oy = (k % cols) * cell, (k // cols) * cell
-        x0, y0, x1, y1 = ox + pad, oy + cell - pad, ox + cell - 10, oy + 25
+        x0, y0, x1, y1 = ox + pad, oy + cell - pad, ox + cell - 12, oy + 26
+        lo, hi = panel.get("xlim", (0.0, 1.0))
+        fx = (lambda v: np.log10(v)) if panel.get("xlog") else (lambda v: v)
         cv2.rectangle(grid, (x0, y1), (x1, y0), (0, 0, 0), 1)
-        for t in (0.5,):
-            cv2.line(grid, (x0, int(y0 + t * (y1 - y0))), (x1, int(y0 + t * (y1 - y0))), (220, 220, 220), 1)
-            cv2.line(grid, (int(x0 + t * (x1 - x0)), y0), (int(x0 + t * (x1 - x0)), y1), (220, 220, 220), 1)
-        if len(recall):
-            pts = np.stack([x0 + recall * (x1 - x0), y0 + precision * (y1 - y0)], 1)
-            cv2.polylines(grid, [np.round(pts).astype(np.int32)], False, (200, 60, 0), 2, cv2.LINE_AA)
-        title = f"{name}  AP={'n/a' if ap is None else f'{ap:.3f}'}"
-        cv2.putText(grid, title, (x0, oy + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(grid, "recall", (x1 - 40, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (80, 80, 80), 1)
-        cv2.putText(grid, "prec", (ox + 2, y1 + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (80, 80, 80), 1)
+        for t in (0.25, 0.5, 0.75):
+            yy = int(y0 + t * (y1 - y0))
+            cv2.line(grid, (x0 + 1, yy), (x1 - 1, yy), (225, 225, 225), 1)
+        for s, (x, y) in enumerate(panel["series"]):
+            x, y = np.asarray(x, float), np.asarray(y, float)
+            if len(x) == 0:
+                continue
+            px = x0 + (fx(x) - fx(lo)) / max(1e-9, fx(hi) - fx(lo)) * (x1 - x0)
+            pts = np.stack([px, y0 + y * (y1 - y0)], 1)
+            cv2.polylines(grid, [np.round(pts).astype(np.int32)], False, class_colour(s + 3), 2, cv2.LINE_AA)
+        cv2.putText(grid, panel["title"], (x0 - 20, oy + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        cv2.putText(grid, f"{panel.get('xlabel', '')} {lo:g}..{hi:g}", (x0, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(grid, panel.get("ylabel", ""), (ox + 2, y1 + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (80, 80, 80), 1, cv2.LINE_AA)
     return grid
+
+
+def pr_grid(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]]) -> np.ndarray:
+    """One precision-recall plot per class; curves: name -> (recall, precision, AP)."""
+    return plot_panels([{"title": f"{n}  AP={'n/a' if ap is None else f'{ap:.3f}'}",
+                         "series": [(r, p)], "xlabel": "recall", "ylabel": "prec"}
+                        for n, (r, p, ap) in curves.items()])

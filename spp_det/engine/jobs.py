@@ -55,3 +55,47 @@ def evaluate_job(cfg: DictConfig) -> dict:
         return score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot)
     from .inference import evaluate_checkpoint  # the model is only needed on this path
     return evaluate_checkpoint(cfg, out_dir)
+
+
+def propose_job(cfg: DictConfig) -> dict | None:
+    """scripts/propose.py: fill the proposal cache for one split (or one shard of it),
+    or import precomputed proposals; then report recall when there is ground truth."""
+    import json
+
+    import torch
+
+    from ..proposals import build_proposals, compute_missing, proposal_recall, shard_items
+    from ..visualize import plot_panels
+
+    out_dir = run_dir()
+    dataset = build_dataset(cfg.dataset, cfg.split)
+    store, ss = build_proposals(cfg.proposals, dataset.name, cfg.split)
+    if cfg.import_file:
+        path = Path(cfg.import_file)
+        n = store.import_mat(path) if path.suffix == ".mat" else store.import_pickle(path)
+        print(f"imported proposals of {n} images from {path} into {store.dir}")
+        return None
+    items = shard_items([(t.image_id, t.path) for t in dataset.targets], cfg.shard, cfg.num_shards)
+    targets = shard_items(dataset.targets, cfg.shard, cfg.num_shards)
+    stats = compute_missing(store, items, ss, workers=cfg.workers)
+    print(f"{dataset.name}/{cfg.split} shard {cfg.shard}/{cfg.num_shards}: {stats.computed} computed "
+          f"({stats.seconds_per_image:.2f} s/image on one core), {stats.cached} already cached, "
+          f"{len(stats.failed)} failed -> {store.dir}")
+    if stats.failed:
+        raise SppDetError(f"{len(stats.failed)} image(s) failed, first: {stats.failed[0]}")
+    keep = [(torch.from_numpy(store.get(t.image_id)), t.boxes[~t.ignore]) for t in targets]
+    if not any(len(g) for _, g in keep):
+        return None  # no ground truth: nothing to measure
+    recall = proposal_recall([p for p, _ in keep], [g for _, g in keep])
+    recall.update({"seconds_per_image": stats.seconds_per_image if stats.computed else None,
+                   "settings": ss.as_dict(), "dataset": dataset.name, "split": cfg.split,
+                   "shard": cfg.shard, "num_shards": cfg.num_shards})
+    write_json_atomic(out_dir / "recall.json", recall)
+    print(json.dumps({k: v for k, v in recall.items() if k != "recall_vs_num_proposals"}, indent=1))
+    if cfg.plot:
+        ks = [int(k) for k in recall["recall_vs_num_proposals"]]
+        series = [(ks, [v[t] for v in recall["recall_vs_num_proposals"].values()]) for t in ("0.5", "0.7")]
+        cv2.imwrite(str(out_dir / "recall.png"), plot_panels(
+            [{"title": "recall@0.5 (1st) / @0.7 (2nd)", "series": series, "xlim": (min(ks), max(ks)),
+              "xlog": True, "xlabel": "#proposals", "ylabel": "recall"}], cell=360))
+    return recall

@@ -1,0 +1,19 @@
+"""Selective-search proposals: computing them, caching them on disk, measuring recall."""
+from __future__ import annotations
+
+from typing import Any
+
+from .compute import ComputeStats, compute_missing, proposals_for, shard_items
+from .recall import proposal_recall
+from .selective_search import SelectiveSearchConfig, selective_search
+from .store import ProposalStore
+
+__all__ = ["ComputeStats", "ProposalStore", "SelectiveSearchConfig", "compute_missing",
+           "proposal_recall", "proposals_for", "selective_search", "shard_items", "build_proposals"]
+
+
+def build_proposals(cfg: Any, dataset_name: str, split: str) -> tuple[ProposalStore, SelectiveSearchConfig]:
+    """Store and search settings from a ``configs/proposals/*.yaml`` node."""
+    ss = SelectiveSearchConfig(mode=cfg.mode, max_size=int(cfg.max_size), min_size=float(cfg.min_size),
+                               max_boxes=int(cfg.max_boxes))
+    return ProposalStore(cfg.cache_dir, dataset_name, split, ss.as_dict()), ss

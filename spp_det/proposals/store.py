@@ -1,0 +1,148 @@
+"""On-disk cache of proposal windows, one small file per image.
+
+Layout: ``<cache_dir>/<dataset>/<split>-<hash>/<key>.boxes`` where ``hash`` is a short
+digest of the search settings (a change of settings never reuses stale boxes) and ``key``
+is the image id (or a content hash for loose files). ``settings.json`` beside the files
+says what they are.
+
+File format (written by hand because it is the project's own contract): 8-byte magic,
+uint32 count N, uint32 CRC32 of the payload, then N*4 float32 xyxy. A truncated or
+damaged file fails the length or CRC check and is recomputed, never read as valid; the
+bytes are a pure function of the boxes, so an interrupted-then-resumed run leaves the
+same store as an uninterrupted one. Writes go to a temp file, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SppDetError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SPPBOX01"
+HEADER = struct.Struct("<8sII")
+
+
+def settings_hash(settings: dict) -> str:
+    """8 hex digits identifying the settings (order-independent)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def safe_key(key: str | int) -> str:
+    """An image id as a file name (COCO ids are ints; odd characters replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(key))
+
+
+def encode_boxes(boxes: np.ndarray) -> bytes:
+    payload = np.ascontiguousarray(boxes, dtype="<f4").reshape(-1, 4).tobytes()
+    return HEADER.pack(MAGIC, len(payload) // 16, zlib.crc32(payload)) + payload
+
+
+def decode_boxes(data: bytes) -> np.ndarray | None:
+    """Boxes (N, 4) float32, or None for a file that is not a complete, intact entry."""
+    if len(data) < HEADER.size:
+        return None
+    magic, n, crc = HEADER.unpack_from(data)
+    payload = data[HEADER.size:]
+    if magic != MAGIC or len(payload) != 16 * n or zlib.crc32(payload) != crc:
+        return None
+    return np.frombuffer(payload, dtype="<f4").reshape(n, 4).astype(np.float32)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ProposalStore:
+    """Proposal boxes of one (dataset, split, settings) on disk.
+
+    ``get(key)`` -> (N, 4) float32 xyxy original pixels, or None when missing/corrupt.
+    """
+
+    def __init__(self, cache_dir: str | Path, dataset: str, split: str, settings: dict) -> None:
+        self.settings = dict(settings)
+        self.dir = Path(cache_dir) / safe_key(dataset) / f"{safe_key(split)}-{settings_hash(self.settings)}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "settings.json"
+        if not meta.is_file():
+            write_atomic(meta, json.dumps(self.settings, indent=2, sort_keys=True).encode())
+        self.corrupt_found = 0
+
+    def path(self, key: str | int) -> Path:
+        return self.dir / f"{safe_key(key)}.boxes"
+
+    def get(self, key: str | int) -> np.ndarray | None:
+        path = self.path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        boxes = decode_boxes(data)
+        if boxes is None:
+            self.corrupt_found += 1
+            log.warning("%s: corrupt proposal file, it will be recomputed", path)
+        return boxes
+
+    def has(self, key: str | int) -> bool:
+        return self.get(key) is not None
+
+    def put(self, key: str | int, boxes: np.ndarray) -> None:
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        write_atomic(self.path(key), encode_boxes(boxes))
+
+    def import_mat(self, path: str | Path, keys: list[str | int] | None = None) -> int:
+        """Import R-CNN / Fast R-CNN ``selective_search_data/*.mat`` files: ``boxes`` is a
+        cell array (one (N, 4) array per image, y1, x1, y2, x2, 1-based inclusive) and
+        ``images`` the image ids (or pass ``keys`` in the same order). Returns the count."""
+        try:
+            from scipy.io import loadmat
+        except ImportError as exc:  # optional: only this import path needs scipy
+            raise SppDetError("importing .mat proposals needs scipy (pip install scipy)") from exc
+        try:
+            mat = loadmat(str(path))
+        except Exception as exc:  # scipy raises several types for bad files
+            raise SppDetError(f"{path}: cannot read as a MATLAB file ({exc})") from exc
+        if "boxes" not in mat:
+            raise SppDetError(f"{path}: no 'boxes' variable")
+        cells = mat["boxes"].ravel()
+        if keys is None:
+            if "images" not in mat:
+                raise SppDetError(f"{path}: no 'images' variable; pass the image ids")
+            keys = [str(np.asarray(k).ravel()[0]) for k in mat["images"].ravel()]
+        if len(keys) != len(cells):
+            raise SppDetError(f"{path}: {len(cells)} box arrays for {len(keys)} image ids")
+        for key, b in zip(keys, cells):
+            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+            # (y1, x1, y2, x2) 1-based inclusive -> xyxy 0-based continuous
+            self.put(key, np.stack([b[:, 1] - 1, b[:, 0] - 1, b[:, 3], b[:, 2]], axis=1))
+        return len(keys)
+
+    def import_pickle(self, path: str | Path) -> int:
+        """Import a detectron2/mmdetection-style pickle ``{"ids": [...], "boxes": [(N, 4)
+        xyxy, ...]}`` (detectron2 also names them "indexes"). Returns the count."""
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            raise SppDetError(f"{path}: cannot read proposals pickle ({exc})") from exc
+        ids = data.get("ids", data.get("indexes")) if isinstance(data, dict) else None
+        if ids is None or "boxes" not in data or len(ids) != len(data["boxes"]):
+            raise SppDetError(f"{path}: expected a dict with equally long 'ids' and 'boxes'")
+        for key, b in zip(ids, data["boxes"]):
+            self.put(key, np.asarray(b, dtype=np.float32).reshape(-1, 4))
+        return len(ids)

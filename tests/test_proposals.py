@@ -1,0 +1,173 @@
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import COCO128, need_shared
+from spp_det.data import CocoDetection, load_voc, read_image
+from spp_det.errors import SppDetError
+from spp_det.proposals import (ProposalStore, SelectiveSearchConfig, compute_missing, proposal_recall,
+                               proposals_for, selective_search, shard_items)
+
+SMALL = SelectiveSearchConfig(mode="fast", max_size=200, min_size=4, max_boxes=300)
+
+
+def _shapes(shapes_root):
+    return load_voc(shapes_root, [("SHAPES", "trainval")], ["ellipse", "rectangle", "triangle"])
+
+
+def test_boxes_valid_in_original_pixels_and_deterministic(shapes_root):
+    image, target = _shapes(shapes_root)[0]
+    h, w = image.shape[:2]
+    boxes = selective_search(image, SMALL)  # searched at 200 px, image is 300-500 px
+    assert boxes.dtype == np.float32 and boxes.ndim == 2 and 0 < len(boxes) <= 300
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+    assert (boxes >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert boxes[:, 2].max() > 0.9 * w  # scaled back: windows reach the far side
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    assert ((boxes[:, 2:] - boxes[:, :2]) >= 4).all()
+    np.testing.assert_array_equal(boxes, selective_search(image, SMALL))
+    # the windows find the shapes: every object at IoU >= 0.5 on this clean image
+    r = proposal_recall([torch.from_numpy(boxes)], [target.boxes])
+    assert r["recall@0.5"] == 1.0
+
+
+def test_recall_on_hand_made_boxes():
+    gt = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 100, 100]]), torch.tensor([[0.0, 0, 40, 40]])]
+    props = [torch.tensor([[0.0, 0, 10, 5],      # IoU .5 with gt0
+                           [0, 0, 100, 80]]),    # IoU .8 with gt1
+             torch.tensor([[50.0, 50, 60, 60]])]  # misses gt2
+    r = proposal_recall(props, gt, top_k=(1, 2))
+    assert r["num_gt"] == 3
+    assert r["recall@0.5"] == pytest.approx(2 / 3)
+    assert r["recall@0.7"] == pytest.approx(1 / 3)
+    # AR over .5:.05:.95: gt0 counts at t=.5 only, gt1 at .5...8 (7 of 10), gt2 never
+    assert r["average_recall"] == pytest.approx((1 + 7) / 10 / 3)
+    # gt0 (100 px^2) small, hit; gt2 (1600 px^2) medium, missed; gt1 (10^4 px^2) large, hit
+    assert r["recall@0.5_by_size"] == {"small": 1.0, "medium": 0.0, "large": 1.0}
+    assert r["recall_vs_num_proposals"]["1"]["0.5"] == pytest.approx(1 / 3)
+    assert r["mean_boxes_per_image"] == 1.5
+
+
+def _items(ds):
+    return [(t.image_id, t.path) for t in ds.targets]
+
+
+def test_interrupted_run_resumes_to_same_store(tmp_path, shapes_root):
+    ds = _shapes(shapes_root)
+    ref = ProposalStore(tmp_path / "ref", "shapes", "trainval", SMALL.as_dict())
+    compute_missing(ref, _items(ds), SMALL, workers=1, progress=False)
+    store = ProposalStore(tmp_path / "cache", "shapes", "trainval", SMALL.as_dict())
+
+    class Killed(Exception):
+        pass
+
+    done = []
+
+    def stop_after_three(key):
+        done.append(key)
+        if len(done) == 3:
+            raise Killed  # the pool is torn down mid-way (terminate on leaving the with-block)
+
+    with pytest.raises(Killed):
+        compute_missing(store, _items(ds), SMALL, workers=2, progress=False, on_done=stop_after_three)
+    files = list(store.dir.glob("*.boxes"))
+    assert 3 <= len(files) < len(ds)
+    # a write that died half-way: a truncated entry and a stray temp file
+    victim = store.path(ds.targets[-1].image_id)
+    victim.write_bytes(ref.path(ds.targets[-1].image_id).read_bytes()[:40])
+    (store.dir / ".stray.boxes.tmp123").write_bytes(b"xx")
+    stats = compute_missing(store, _items(ds), SMALL, workers=2, progress=False)
+    assert stats.cached + stats.computed == len(ds) and stats.cached >= 3
+    assert store.corrupt_found == 1
+    for t in ds.targets:
+        assert store.path(t.image_id).read_bytes() == ref.path(t.image_id).read_bytes()
+
+
+def test_corrupt_file_detected_and_recomputed(tmp_path, shapes_root):
+    ds = _shapes(shapes_root)
+    image, t = ds[1]
+    store = ProposalStore(tmp_path, "shapes", "trainval", SMALL.as_dict())
+    good = proposals_for(store, t.image_id, image, SMALL)
+    data = bytearray(store.path(t.image_id).read_bytes())
+    data[-3] ^= 0xFF  # flip bits in the payload: the CRC catches it
+    store.path(t.image_id).write_bytes(bytes(data))
+    assert store.get(t.image_id) is None
+    np.testing.assert_array_equal(proposals_for(store, t.image_id, image, SMALL), good)
+    np.testing.assert_array_equal(store.get(t.image_id), good)
+
+
+def test_settings_change_uses_another_directory(tmp_path):
+    a = ProposalStore(tmp_path, "d", "s", SMALL.as_dict())
+    b = ProposalStore(tmp_path, "d", "s", {**SMALL.as_dict(), "max_size": 201})
+    assert a.dir != b.dir and a.dir.parent == b.dir.parent
+    a.put("x", np.ones((2, 4), np.float32))
+    assert b.get("x") is None
+
+
+def test_mat_import_round_trips_known_boxes(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    cells = np.empty((2,), dtype=object)
+    cells[0] = np.array([[1, 2, 10, 20], [5, 5, 5, 5]], dtype=np.float64)  # y1, x1, y2, x2, 1-based
+    cells[1] = np.zeros((0, 4))
+    images = np.empty((2,), dtype=object)
+    images[0], images[1] = "000005", "000007"
+    scipy_io.savemat(tmp_path / "voc_2007_test.mat", {"boxes": cells, "images": images})
+    store = ProposalStore(tmp_path / "c", "voc07", "test", {"imported": "rcnn"})
+    assert store.import_mat(tmp_path / "voc_2007_test.mat") == 2
+    assert store.get("000005").tolist() == [[1, 0, 20, 10], [4, 4, 5, 5]]
+    assert store.get("000007").shape == (0, 4)
+    with open(tmp_path / "p.pkl", "wb") as f:
+        pickle.dump({"ids": [3, 4], "boxes": [np.array([[1, 2, 3, 4]]), np.zeros((0, 4))]}, f)
+    assert store.import_pickle(tmp_path / "p.pkl") == 2
+    assert store.get(3).tolist() == [[1, 2, 3, 4]]
+    with pytest.raises(SppDetError, match="p.pkl"):
+        (tmp_path / "p.pkl").write_bytes(b"garbage")
+        store.import_pickle(tmp_path / "p.pkl")
+
+
+def test_shards_partition_the_items():
+    items = list(range(10))
+    parts = [shard_items(items, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == items and parts[1] == [1, 4, 7]
+    with pytest.raises(SppDetError):
+        shard_items(items, 3, 3)
+
+
+def test_unreadable_image_is_counted_not_fatal(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    store = ProposalStore(tmp_path / "c", "f", "s", SMALL.as_dict())
+    stats = compute_missing(store, [("bad", tmp_path / "bad.jpg")], SMALL, workers=1, progress=False)
+    assert stats.computed == 0 and len(stats.failed) == 1 and "bad.jpg" in stats.failed[0]
+
+
+def test_fast_mode_finds_large_objects_on_real_photos():
+    need_shared(COCO128)
+    ds = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json")
+    ss = SelectiveSearchConfig(mode="fast", max_size=500)
+    props, gts = [], []
+    for t in ds.targets[:6]:
+        props.append(torch.from_numpy(selective_search(read_image(t.path), ss)))
+        gts.append(t.boxes[~t.ignore])
+    r = proposal_recall(props, gts)
+    assert r["num_gt_by_size"]["large"] >= 8
+    assert r["recall@0.5_by_size"]["large"] >= 0.95
+
+
+def test_propose_script_writes_recall(tmp_path, shapes_root):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "scripts/propose.py", f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+         "dataset.generate.num_test=6", "split=test", "proposals.max_size=200", "workers=2",
+         f"proposals.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=root, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    r = json.loads((tmp_path / "run" / "recall.json").read_text())
+    assert r["num_images"] == 6 and r["recall@0.5"] >= 0.8
+    assert (tmp_path / "run" / "recall.png").is_file()
+    assert len(list((tmp_path / "cache" / "shapes").glob("test-*/*.boxes"))) == 6
