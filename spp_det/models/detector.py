@@ -1,0 +1,180 @@
+"""SPPNet: one conv feature map per image and scale, every window pooled from it."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from ..boxes import BoxCoder, clip_boxes
+from .backbones import Trunk
+from .heads import SPPHead
+from .spp import SpatialPyramidPooling, project_windows
+
+
+@dataclass
+class FeatureMap:
+    """The trunk's output for one image at one scale.
+
+    features: (C, H', W'); fx, fy: resized pixels per original pixel along x and y.
+    """
+
+    features: torch.Tensor
+    fx: float
+    fy: float
+
+
+def resize_factor(height: int, width: int, scale: int, max_size: int) -> float:
+    """Factor that makes the shorter side ``scale`` pixels, unless the longer side would
+    exceed ``max_size``."""
+    f = scale / min(height, width)
+    return min(f, max_size / max(height, width))
+
+
+def postprocess_detections(probs: torch.Tensor, boxes: torch.Tensor, score_thresh: float = 0.001,
+                           nms_thresh: float = 0.3, max_per_image: int = 100) -> dict[str, torch.Tensor]:
+    """Per-class score threshold, per-class NMS and a cap per image.
+
+    probs: (K, C + 1) softmax over background + C classes; boxes: (K, C, 4) per-class
+    boxes in original pixels. Returns {"boxes": (D, 4), "scores": (D,), "labels": (D,)
+    int64 in 1..C}, best score first.
+    """
+    k, c = boxes.shape[:2]
+    scores = probs[:, 1:]
+    labels = torch.arange(1, c + 1, device=probs.device).expand(k, c)
+    keep = scores > score_thresh
+    b, s, l = boxes[keep], scores[keep], labels[keep]
+    wide = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b, s, l = b[wide], s[wide], l[wide]
+    order = batched_nms(b, s, l, nms_thresh)[:max_per_image]  # sorted by score, descending
+    return {"boxes": b[order], "scores": s[order], "labels": l[order]}
+
+
+class SPPNet(nn.Module):
+    """SPP-net detector.
+
+    trunk: conv body with stride/centre geometry; num_classes C (without background).
+    scales: test scales (shorter side, pixels); one -> single-scale testing, several ->
+    each window pooled at the one scale where it is closest to ``scale_target`` pixels
+    across (the released code's 13 * 16 = 208; the paper says 224).
+    train_scales: scales a training window is pooled at, one picked at random per window.
+    max_size: cap on the longer side after resizing (pixels).
+    projection: "released" or "paper" (see spp.project_windows).
+    """
+
+    def __init__(self, trunk: Trunk, num_classes: int, levels: tuple[int, ...] = (6, 3, 2, 1),
+                 hidden: int = 4096, dropout: float = 0.5, scales: tuple[int, ...] = (688,),
+                 train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200), max_size: int = 2000,
+                 projection: str = "released", margin: float = 6.5, scale_target: float = 208.0,
+                 box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.num_classes = num_classes
+        self.spp = SpatialPyramidPooling(levels)
+        self.head = SPPHead(self.spp.output_size(trunk.out_channels), num_classes, hidden, dropout)
+        self.scales = tuple(int(s) for s in scales)
+        self.train_scales = tuple(int(s) for s in train_scales)
+        self.max_size = int(max_size)
+        self.projection = projection
+        self.margin = margin
+        self.scale_target = scale_target
+        self.box_coder = BoxCoder(tuple(box_weights))
+
+    # ---- images -> feature maps -------------------------------------------------------
+    def prepare(self, image: np.ndarray, scale: int) -> tuple[torch.Tensor, float, float]:
+        """Resize (shorter side = scale) and normalise one (H, W, 3) uint8 RGB image.
+        Returns ((1, 3, h, w) float tensor on the trunk's device, fx, fy)."""
+        h, w = image.shape[:2]
+        f = resize_factor(h, w, scale, self.max_size)
+        nh, nw = max(1, round(h * f)), max(1, round(w * f))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+        x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+        x = self.trunk.normalize(x.to(self.trunk.mean.device))
+        return x, nw / w, nh / h
+
+    def compute_features(self, image: np.ndarray, scales: tuple[int, ...]) -> list[FeatureMap]:
+        """Run the trunk once per scale. image: (H, W, 3) uint8 RGB."""
+        maps = []
+        for s in scales:
+            x, fx, fy = self.prepare(image, s)
+            maps.append(FeatureMap(self.trunk(x)[0], fx, fy))
+        return maps
+
+    # ---- windows -> pooled vectors --------------------------------------------------------
+    def select_scales(self, boxes: torch.Tensor, height: int, width: int, scales: tuple[int, ...]) -> torch.Tensor:
+        """(K,) index into ``scales`` of each window's test scale: the scale nearest to
+        scale_target * min(H, W) / sqrt(window area) (the window then spans about
+        scale_target pixels, i.e. the 13x13 conv5 extent of a 224-pixel input)."""
+        if len(scales) == 1 or len(boxes) == 0:
+            return torch.zeros(len(boxes), dtype=torch.long)
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0).double()
+        expected = self.scale_target * min(height, width) / area.sqrt()
+        s = torch.tensor(scales, dtype=torch.float64)
+        return (expected[:, None] - s[None, :]).abs().argmin(dim=1)
+
+    def random_scales(self, n: int, generator: random.Random) -> torch.Tensor:
+        """(n,) random indices into ``train_scales`` (training: each window at one scale)."""
+        return torch.tensor([generator.randrange(len(self.train_scales)) for _ in range(n)], dtype=torch.long)
+
+    def pool(self, maps: list[FeatureMap], boxes: torch.Tensor, map_index: torch.Tensor) -> torch.Tensor:
+        """Pool each window from its feature map.
+
+        maps: feature maps (any images/scales); boxes: (K, 4) xyxy ORIGINAL pixels of the
+        image of its map; map_index: (K,) which map. Returns (K, C * bins), in box order.
+        """
+        out = None
+        for m in map_index.unique().tolist():
+            sel = (map_index == m).nonzero().squeeze(1)
+            fm = maps[m]
+            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64)
+            cells = project_windows(scaled, self.trunk.stride, self.trunk.centre0, fm.features.shape[-2:],
+                                    self.projection, self.margin)
+            cells = torch.cat([torch.zeros_like(cells[:, :1]), cells], dim=1).to(fm.features.device)
+            pooled = self.spp(fm.features[None].float(), cells)
+            if out is None:
+                out = pooled.new_zeros((len(boxes), pooled.shape[1]))
+            out = out.index_copy(0, sel.to(pooled.device), pooled)
+        if out is None:
+            c = maps[0].features.shape[0] if maps else self.trunk.out_channels
+            out = torch.zeros((0, self.spp.output_size(c)), device=self.trunk.mean.device)
+        return out
+
+    def forward_windows(self, maps: list[FeatureMap], boxes: torch.Tensor,
+                        map_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads on pooled windows -> (logits (K, C + 1), deltas (K, 4C))."""
+        return self.head(self.pool(maps, boxes, map_index))
+
+    # ---- inference -------------------------------------------------------------------------
+    def decode(self, deltas: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Per-class boxes (K, C, 4) in original pixels, clipped to the image."""
+        decoded = self.box_coder.decode(deltas, boxes.to(deltas))
+        return clip_boxes(decoded.reshape(-1, 4), (height, width)).reshape(len(boxes), -1, 4)
+
+    @torch.no_grad()
+    def detect_windows(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,
+                       maps: list[FeatureMap] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score every window of one image.
+
+        image: (H, W, 3) uint8 RGB; boxes: (K, 4) xyxy original pixels.
+        Returns (probs (K, C + 1), per-class boxes (K, C, 4) original pixels).
+        """
+        h, w = image.shape[:2]
+        scales = tuple(scales or self.scales)
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if maps is None:
+            maps = self.compute_features(image, scales)
+        logits, deltas = self.forward_windows(maps, boxes, self.select_scales(boxes, h, w, scales))
+        return torch.softmax(logits, dim=1).cpu(), self.decode(deltas.cpu(), boxes, h, w)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,
+                score_thresh: float = 0.001, nms_thresh: float = 0.3,
+                max_per_image: int = 100) -> dict[str, torch.Tensor]:
+        """Detections of one image: {"boxes" (D, 4) original pixels, "scores" (D,),
+        "labels" (D,) in 1..C}."""
+        probs, per_class = self.detect_windows(image, boxes, scales)
+        return postprocess_detections(probs, per_class, score_thresh, nms_thresh, max_per_image)

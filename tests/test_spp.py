@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spp_det.models import SpatialPyramidPooling, project_windows
+
+
+def brute_force_spp(features, windows, levels):
+    """Explicit loops over bins with the released kernel's integer bin edges."""
+    out = []
+    for b, x1, y1, x2, y2 in windows.tolist():
+        h, w = y2 - y1 + 1, x2 - x1 + 1
+        vec = []
+        for n in levels:
+            level = torch.empty(features.shape[1], n, n)
+            for i in range(n):
+                ys, ye = y1 + math.floor(i * h / n), y1 + math.ceil((i + 1) * h / n)
+                for j in range(n):
+                    xs, xe = x1 + math.floor(j * w / n), x1 + math.ceil((j + 1) * w / n)
+                    level[:, i, j] = features[b, :, ys:ye, xs:xe].amax(dim=(1, 2))
+            vec.append(level.reshape(-1))
+        out.append(torch.cat(vec))
+    return torch.stack(out)
+
+
+def random_windows(gen, n, b, h, w):
+    x = torch.randint(0, w, (n, 2), generator=gen).sort(dim=1).values
+    y = torch.randint(0, h, (n, 2), generator=gen).sort(dim=1).values
+    bi = torch.randint(0, b, (n, 1), generator=gen)
+    return torch.cat([bi, x[:, :1], y[:, :1], x[:, 1:], y[:, 1:]], dim=1)
+
+
+def test_spp_equals_brute_force_and_adaptive_pool():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 5, 11, 17, generator=gen)
+    wins = random_windows(gen, 40, 2, 11, 17)
+    extra = torch.tensor([[0, 3, 4, 3, 4],      # a single cell
+                          [1, 0, 0, 16, 10],    # the whole map
+                          [1, 16, 0, 16, 10],   # a one-column strip at the right border
+                          [0, 0, 10, 16, 10],   # a one-row strip at the bottom border
+                          [0, 5, 2, 6, 9]])     # narrower than the 6x6 level
+    wins = torch.cat([wins, extra])
+    spp = SpatialPyramidPooling((6, 3, 2, 1))
+    out = spp(feats, wins)
+    assert out.shape == (45, 5 * 50)
+    assert torch.equal(out, brute_force_spp(feats, wins, (6, 3, 2, 1)))
+    for k, (b, x1, y1, x2, y2) in enumerate(wins.tolist()):
+        crop = feats[b, :, y1:y2 + 1, x1:x2 + 1]
+        ref = torch.cat([F.adaptive_max_pool2d(crop, n).reshape(-1) for n in (6, 3, 2, 1)])
+        assert torch.equal(out[k], ref)
+
+
+def test_spp_hand_computed_values():
+    f = torch.arange(16.0).reshape(1, 1, 4, 4)  # row r holds 4r .. 4r+3
+    spp = SpatialPyramidPooling((2, 1))
+    out = spp(f, torch.tensor([[0, 1, 0, 3, 2]]))  # cols 1..3, rows 0..2: a 3x3 window
+    # 2 bins over 3 cells: [0, 2) and [1, 3), overlapping (released kernel):
+    # rows {0,1} x cols {1,2} -> 6; rows {0,1} x cols {2,3} -> 7; rows {1,2} x ... -> 10, 11
+    assert out.tolist() == [[6.0, 7.0, 10.0, 11.0, 11.0]]
+
+
+def test_spp_empty_and_gradients():
+    spp = SpatialPyramidPooling()
+    f = torch.randn(1, 3, 6, 6, requires_grad=True)
+    assert spp(f, torch.zeros((0, 5), dtype=torch.long)).shape == (0, 150)
+    out = spp(f, torch.tensor([[0, 0, 0, 5, 5], [0, 2, 2, 2, 2]]))
+    out.sum().backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
+    # the 1x1 level of the whole map routes its gradient to each channel's maximum
+    g = torch.zeros_like(f)
+    f2 = f.detach().clone().requires_grad_(True)
+    SpatialPyramidPooling((1,))(f2, torch.tensor([[0, 0, 0, 5, 5]])).sum().backward()
+    for c in range(3):
+        idx = f.detach()[0, c].argmax()
+        g[0, c].view(-1)[idx] = 1
+    assert torch.equal(f2.grad, g)
+
+
+ZF_STRIDE, ZF_C0 = 16, 20.5  # ZF-5: cell 0 centred on pixel 21 (1-based) = 20.5 continuous
+
+
+@pytest.mark.parametrize("box,expected", [
+    ([0, 0, 224, 224], [0, 0, 12, 12]),          # the whole 224 image covers the 13x13 map
+    ([100, 100, 150, 150], [5, 5, 8, 8]),        # (106.5-20.5)/16=5.375 -> 5; (143.5-20.5)/16=7.69 -> 8
+    ([90, 90, 92, 92], [4, 4, 4, 4]),            # empty (5 > 4) -> midpoint floor(4.5) = 4
+    ([-50, -50, 1000, 1000], [0, 0, 12, 12]),    # larger than the map: clamped
+    ([220, 0, 224, 30], [12, 0, 12, 0]),         # at the border: clamped, never empty
+])
+def test_project_released(box, expected):
+    cells = project_windows(torch.tensor([box], dtype=torch.float32), ZF_STRIDE, ZF_C0, (13, 13), "released")
+    assert cells.dtype == torch.int64 and cells.tolist() == [expected]
+
+
+@pytest.mark.parametrize("box,expected", [
+    ([0, 0, 224, 224], [0, 0, 12, 12]),          # floor(0)=0; ceil(14)-2 = 12
+    ([100, 100, 150, 150], [6, 6, 8, 8]),        # floor(6.25)=6; ceil(9.375)-2 = 8
+    ([100, 100, 104, 104], [5, 5, 5, 5]),        # 6 > 5: midpoint floor(5.5) = 5
+])
+def test_project_paper(box, expected):
+    cells = project_windows(torch.tensor([box], dtype=torch.float32), ZF_STRIDE, ZF_C0, (13, 13), "paper")
+    assert cells.tolist() == [expected]
+
+
+def test_projection_never_empty_and_inside():
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand(500, 2, generator=gen) * 400 - 50
+    wh = torch.rand(500, 2, generator=gen) * 300
+    boxes = torch.cat([xy, xy + wh], 1)
+    for mode in ("released", "paper"):
+        c = project_windows(boxes, 16, 20.5, (20, 25), mode)
+        assert (c[:, 0] <= c[:, 2]).all() and (c[:, 1] <= c[:, 3]).all()
+        assert (c >= 0).all() and (c[:, [0, 2]] <= 24).all() and (c[:, [1, 3]] <= 19).all()
