@@ -152,7 +152,7 @@ class SPPNet(nn.Module):
     def decode(self, deltas: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Per-class boxes (K, C, 4) in original pixels, clipped to the image."""
         decoded = self.box_coder.decode(deltas, boxes.to(deltas))
-        return clip_boxes(decoded.reshape(-1, 4), (height, width)).reshape(len(boxes), -1, 4)
+        return clip_boxes(decoded.reshape(-1, 4), (height, width)).reshape(len(boxes), deltas.shape[1] // 4, 4)
 
     @torch.no_grad()
     def detect_windows(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,

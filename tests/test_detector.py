@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from spp_det.models import SPPNet, build_detector, build_trunk, postprocess_detections, project_windows
+from spp_det.models.detector import resize_factor
+
+
+def small_net(num_classes=3, **kw):
+    torch.manual_seed(0)
+    trunk = build_trunk("zf5", width=0.25, norm="bn").freeze()
+    return SPPNet(trunk, num_classes, hidden=64, scales=(224,), max_size=400, **kw).eval()
+
+
+def image(h=300, w=400, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def random_boxes(n, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w - 20, h - 20])
+    wh = 10 + torch.rand(n, 2, generator=g) * 200
+    return torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], 1)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2000])
+def test_output_shapes(k):
+    net = small_net()
+    img = image()
+    boxes = random_boxes(k, 300, 400)
+    probs, per_class = net.detect_windows(img, boxes)
+    assert probs.shape == (k, 4) and per_class.shape == (k, 3, 4)
+    if k:
+        assert torch.allclose(probs.sum(1), torch.ones(k))
+        assert (per_class[..., 2] <= 400).all() and (per_class[..., 0] >= 0).all()
+    det = net.predict(img, boxes, max_per_image=50)
+    n = len(det["scores"])
+    assert det["boxes"].shape == (n, 4) and det["labels"].shape == (n,) and n <= 50
+    assert (det["labels"] >= 1).all() and (det["labels"] <= 3).all()
+    assert (det["scores"][:-1] >= det["scores"][1:]).all()
+
+
+def test_best_scale_choice_hand_computed():
+    net = small_net()
+    scales = (480, 576, 688, 864, 1200)
+    boxes = torch.tensor([[0, 0, 100, 100], [0, 0, 300, 300], [0, 0, 50, 50], [0, 0, 130, 130.0]])
+    # 208 * 375 / side: 780 -> 864; 260 -> 480; 1560 -> 1200; 600 -> 576
+    assert net.select_scales(boxes, 375, 500, scales).tolist() == [3, 0, 4, 1]
+    net.scale_target = 224.0  # the paper's "closest to 224x224": 224 * 375 / 130 = 646 -> 688
+    assert net.select_scales(boxes[3:], 375, 500, scales).tolist() == [2]
+    assert net.select_scales(boxes, 375, 500, (600,)).tolist() == [0, 0, 0, 0]
+
+
+def test_resize_factor():
+    assert resize_factor(375, 500, 688, 2000) == pytest.approx(688 / 375)
+    assert resize_factor(375, 500, 688, 800) == pytest.approx(800 / 500)
+
+
+def test_pool_projects_each_window_on_its_scale_map():
+    net = small_net()
+    img = image(200, 300)
+    maps = net.compute_features(img, (224, 320))
+    boxes = torch.tensor([[10.0, 20, 150, 180], [0, 0, 300, 200]])
+    pooled = net.pool(maps, boxes, torch.tensor([1, 0]))
+    for k, m in enumerate([1, 0]):
+        fm = maps[m]
+        scaled = boxes[k:k + 1].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64)
+        cells = project_windows(scaled, 16, 20.5, fm.features.shape[-2:])
+        ref = net.spp(fm.features[None], torch.cat([torch.zeros(1, 1, dtype=torch.long), cells], 1))
+        assert torch.equal(pooled[k], ref[0])
+    # a 300 x 200 image at scale 224 is resized to 336 x 224 exactly
+    assert (maps[0].fx, maps[0].fy) == (336 / 300, 224 / 200)
+
+
+def test_zero_deltas_give_windows_and_postprocess():
+    net = small_net()
+    boxes = torch.tensor([[10.0, 10, 50, 60], [-5, 0, 30, 500]])
+    out = net.decode(torch.zeros(2, 12), boxes, 300, 400)
+    assert torch.equal(out[0], boxes[0].expand(3, 4))
+    assert out[1, 0].tolist() == [0.0, 0.0, 30.0, 300.0]  # clipped
+    probs = torch.tensor([[0.1, 0.8, 0.05, 0.05], [0.1, 0.7, 0.1, 0.1], [0.5, 0.0, 0.0, 0.5]])
+    per_class = torch.tensor([[[0, 0, 10, 10.0]] * 3, [[1, 0, 11, 10.0]] * 3, [[50, 50, 60, 60.0]] * 3])
+    det = postprocess_detections(probs, per_class, score_thresh=0.2, nms_thresh=0.3)
+    # class 1: two overlapping boxes (IoU 0.82) -> one kept; class 3: the third window
+    assert det["labels"].tolist() == [1, 3] and det["scores"].tolist() == pytest.approx([0.8, 0.5])
+
+
+def test_build_detector_from_config():
+    cfg = OmegaConf.load("configs/model/zf5.yaml")
+    cfg.trunk.width, cfg.hidden = 0.25, 32
+    net = build_detector(cfg, num_classes=20)
+    assert net.head.cls_score.out_features == 21 and net.head.bbox_pred.out_features == 80
+    assert net.head.fc6.in_features == 64 * 50
+    assert not any(p.requires_grad for p in net.trunk.parameters())
+    assert net.scales == (688,) and net.projection == "released"
