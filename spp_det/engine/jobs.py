@@ -99,3 +99,70 @@ def propose_job(cfg: DictConfig) -> dict | None:
             [{"title": "recall@0.5 (1st) / @0.7 (2nd)", "series": series, "xlim": (min(ks), max(ks)),
               "xlog": True, "xlabel": "#proposals", "ylabel": "recall"}], cell=360))
     return recall
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a file: the proposal cache key for loose images (a renamed or
+    copied file reuses its windows, an edited one does not)."""
+    import hashlib
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def detect_job(cfg: DictConfig) -> list[str]:
+    """scripts/detect.py. Returns the list of failures ("path: reason")."""
+    import sys
+
+    import torch
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from ..data import list_images, read_image
+    from ..proposals import build_proposals, compute_missing
+    from ..visualize import draw_detections
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt, cfg.device)
+    classes = list(ckpt["classes"])
+    files = list_images(cfg.input)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
+    store, ss = build_proposals(prop_cfg, "files", "content")
+    failures: list[str] = []
+    keys = {}
+    for f in files:
+        try:
+            keys[f] = file_digest(f)
+        except OSError as exc:
+            failures.append(f"{f}: cannot read ({exc.strerror})")
+    stats = compute_missing(store, [(keys[f], f) for f in files if f in keys], ss, workers=cfg.workers)
+    failures += stats.failed
+    bad = {msg.split(": ")[0] for msg in failures}
+    results = []
+    scales = tuple(cfg.scales) if cfg.scales else None
+    for f in tqdm([f for f in files if str(f) not in bad and f in keys], desc="detect", unit="img", file=sys.stderr):
+        try:
+            image = read_image(f)
+        except SppDetError as exc:
+            failures.append(str(exc))
+            continue
+        boxes = torch.from_numpy(store.get(keys[f]))
+        det = model.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
+                            nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
+        cv2.imwrite(str(out / f"{f.stem}.jpg"), draw_detections(image, det["boxes"], det["labels"], det["scores"], classes))
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            results.append({"image_id": f.name, "category_id": classes[label - 1],
+                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                     round(box[3] - box[1], 2)], "score": round(score, 5)})
+    write_json_atomic(out / "detections.json", results)
+    for msg in failures:
+        print(f"error: {msg}", file=sys.stderr)
+        log.error("%s", msg)
+    print(f"{len(files) - len(failures)} image(s) processed, {len(failures)} failed, "
+          f"{len(results)} detections -> {out}")
+    return failures

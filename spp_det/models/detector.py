@@ -143,6 +143,16 @@ class SPPNet(nn.Module):
             out = torch.zeros((0, self.spp.output_size(c)), device=self.trunk.mean.device)
         return out
 
+    def forward(self, inputs: list, boxes: torch.Tensor, map_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training entry point (what DistributedDataParallel wraps).
+
+        inputs: per map, either a precomputed FeatureMap (frozen trunk, cached) or a
+        prepared image ``(x (1, 3, h, w), fx, fy)`` that the trunk runs on now (end-to-end).
+        boxes: (K, 4) original pixels; map_index: (K,). Returns (logits, deltas).
+        """
+        maps = [m if isinstance(m, FeatureMap) else FeatureMap(self.trunk(m[0])[0], m[1], m[2]) for m in inputs]
+        return self.forward_windows(maps, boxes, map_index)
+
     def forward_windows(self, maps: list[FeatureMap], boxes: torch.Tensor,
                         map_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads on pooled windows -> (logits (K, C + 1), deltas (K, 4C))."""

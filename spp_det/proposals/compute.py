@@ -99,8 +99,9 @@ def compute_missing(store: ProposalStore, items: list[tuple[str | int, str | Pat
             for args in todo:
                 handle(_work(args))
         elif todo:
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
-            with mp.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+            # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools in
+            # whatever state the parent left them and can deadlock on its first cv2 call
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
                 for result in pool.imap_unordered(_work, todo, chunksize=1):
                     handle(result)
     finally:

@@ -1,0 +1,26 @@
+"""Train SPP-net, then evaluate it on the test split.
+
+    python scripts/train.py                                    # shapes, CPU, minutes
+    python scripts/train.py dataset=voc07 model=zf5 proposals=ss_fast solver=paper train=paper
+    torchrun --nproc_per_node=4 scripts/train.py device=cuda ...
+
+Writes checkpoints/{last,best}.pt, train.log, metrics.json, detections.json into the Hydra
+run directory.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from spp_det.engine.cli import report_errors, run_dir
+from spp_det.engine.train import train_job
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    train_job(cfg, run_dir())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""torch.distributed set-up for torchrun (NCCL on GPUs, gloo on CPU)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size). Starts the process group when launched by torchrun
+    (WORLD_SIZE > 1); a plain ``python`` run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def gather_lists(items: list, world: int) -> list[list]:
+    """All ranks' lists, in rank order (rank 0 uses them)."""
+    if world == 1:
+        return [items]
+    out: list = [None] * world
+    dist.all_gather_object(out, items)
+    return out
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()

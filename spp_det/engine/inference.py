@@ -1,0 +1,87 @@
+"""Run a detector over a data set (optionally sharded over torchrun ranks)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ..data import DetectionDataset, build_dataset
+from ..errors import SppDetError
+from ..models import RCNN, SPPNet
+from ..proposals import ProposalStore, SelectiveSearchConfig, build_proposals, proposals_for
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .detections import to_results, write_json_atomic
+from .distributed import gather_lists, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: ProposalStore,
+                   ss: SelectiveSearchConfig, scales: tuple[int, ...] | None = None,
+                   score_thresh: float = 0.001, nms_thresh: float = 0.3, max_per_image: int = 100,
+                   rank: int = 0, world: int = 1, progress: bool = True) -> tuple[list[dict] | None, dict]:
+    """Detections for every image (aligned with ``dataset.targets``) and timing.
+
+    With world > 1 each rank takes every world-th image; rank 0 gets the merged list,
+    the others None. Proposals missing from the store are computed and saved.
+    """
+    was_training = model.training
+    model.eval()
+    mine = list(range(rank, len(dataset), world))
+    results, seconds = [], 0.0
+    for i in tqdm(mine, desc="detect", unit="img", disable=not progress or rank != 0, file=sys.stderr):
+        image, target = dataset[i]
+        boxes = torch.from_numpy(proposals_for(store, target.image_id, image, ss))
+        t0 = time.perf_counter()
+        det = model.predict(image, boxes, scales=scales, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                            max_per_image=max_per_image)
+        seconds += time.perf_counter() - t0
+        results.append((i, {k: v.cpu() for k, v in det.items()}, len(boxes)))
+    model.train(was_training)
+    parts = gather_lists(results, world)
+    timing = {"seconds_per_image": seconds / max(1, len(mine)),
+              "windows_per_image": sum(r[2] for r in results) / max(1, len(results))}
+    if rank != 0:
+        return None, timing
+    merged: list[dict | None] = [None] * len(dataset)
+    for part in parts:
+        for i, det, _ in part:
+            merged[i] = det
+    return merged, timing
+
+
+def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
+    if list(ckpt["classes"]) != list(dataset.classes):
+        raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from dataset "
+                          f"'{dataset.name}' classes {dataset.classes} (wrong checkpoint or dataset?)")
+
+
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """scripts/eval.py with checkpoint=...: detections.json, metrics.json, pr_curves.png."""
+    from .jobs import score_and_report, take_subset
+
+    rank, world = init_distributed(cfg.device)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt, cfg.device)
+    dataset = take_subset(build_dataset(cfg.dataset, cfg.split), cfg.subset)
+    check_classes(ckpt, dataset, cfg.checkpoint)
+    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
+    store, ss = build_proposals(prop_cfg, dataset.name, cfg.split)
+    runner = RCNN(model).eval() if cfg.get("rcnn") else model
+    scales = tuple(cfg.test.scales) if cfg.test.scales else None
+    detections, timing = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
+                                        cfg.test.nms_thresh, cfg.test.max_per_image, rank, world)
+    if rank != 0:
+        return None
+    write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
+    print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
+          f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
+    metrics = score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot)
+    metrics.update({"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp", **timing})
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
