@@ -28,3 +28,21 @@ def shapes_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     generate_shapes(root, num_trainval=8, num_test=6, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, shapes_root) -> Path:
+    """A checkpoint from a few training iterations on the tiny shapes set."""
+    from hydra import compose, initialize_config_dir
+
+    from spp_det.engine.train import Trainer
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    overrides = [f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",
+                 "model.scales=[160]", "model.train_scales=[160]", "model.hidden=32", "model.max_size=300",
+                 "proposals.max_size=200", f"proposals.cache_dir={tmp / 'proposals'}", "train.val_fraction=0",
+                 "train.batch_windows=32", "workers=1", "test_at_end=false", "solver.max_iter=5",
+                 "solver.warmup_iters=0"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    Trainer(cfg, tmp).fit()
+    return tmp / "checkpoints" / "last.pt"

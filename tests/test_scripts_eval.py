@@ -59,3 +59,34 @@ def test_eval_bad_file_is_one_line_error(tmp_path, shapes_root):
                                 "score": 1}]))
     proc, _ = run_eval(tmp_path, shapes_root, bad)
     assert proc.returncode == 1 and "unknown or missing 'nope'" in proc.stderr
+
+
+def test_eval_runs_a_checkpoint_and_writes_both_files(tmp_path, shapes_root, tiny_checkpoint):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "scripts/eval.py", "dataset=shapes", f"dataset.root={shapes_root}",
+         "dataset.generate.num_trainval=8", "dataset.generate.num_test=6", f"checkpoint={tiny_checkpoint}",
+         f"+proposals.cache_dir={tmp_path / 'props'}", "+proposals.mode=fast", "+proposals.max_size=200",
+         "+proposals.min_size=4", "+proposals.max_boxes=100", f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    dets = json.loads((out / "detections.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "voc07" and 0.0 <= metrics["mAP"] <= 1.0 and metrics["mode"] == "spp"
+    ids = {t.image_id for t in load_voc(shapes_root, [("SHAPES", "test")], ["ellipse", "rectangle", "triangle"]).targets}
+    assert dets and {d["image_id"] for d in dets} <= ids
+    assert all(d["category_id"] in ("ellipse", "rectangle", "triangle") and len(d["bbox"]) == 4 for d in dets)
+    # at most 100 windows per image were scored (max_boxes=100)
+    assert metrics["windows_per_image"] <= 100
+    # the written file scores the same when evaluated on its own
+    proc2, out2 = run_eval(tmp_path, shapes_root, out / "detections.json")
+    assert json.loads((out2 / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"], abs=1e-4)
+
+
+def test_eval_rejects_wrong_checkpoint(tmp_path, shapes_root):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run(
+        [sys.executable, "scripts/eval.py", f"dataset.root={shapes_root}", f"checkpoint={bad}",
+         f"hydra.run.dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and f"{bad}: cannot read checkpoint" in proc.stderr

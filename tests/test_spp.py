@@ -43,9 +43,12 @@ def test_spp_equals_brute_force_and_adaptive_pool():
                           [0, 5, 2, 6, 9]])     # narrower than the 6x6 level
     wins = torch.cat([wins, extra])
     spp = SpatialPyramidPooling((6, 3, 2, 1))
-    out = spp(feats, wins)
+    out = spp(feats, wins)  # no gradient needed: the range-max-table path
     assert out.shape == (45, 5 * 50)
     assert torch.equal(out, brute_force_spp(feats, wins, (6, 3, 2, 1)))
+    with_grad = spp(feats.clone().requires_grad_(True), wins)  # the per-window path
+    assert torch.equal(with_grad.detach(), out)
+    assert torch.equal(SpatialPyramidPooling((5, 4))(feats, wins), brute_force_spp(feats, wins, (5, 4)))
     for k, (b, x1, y1, x2, y2) in enumerate(wins.tolist()):
         crop = feats[b, :, y1:y2 + 1, x1:x2 + 1]
         ref = torch.cat([F.adaptive_max_pool2d(crop, n).reshape(-1) for n in (6, 3, 2, 1)])

@@ -27,7 +27,11 @@ def build_dataset(cfg: Any, split: str) -> DetectionDataset:
     classes = list(cfg.classes) if cfg.get("classes") else None
     if cfg.kind == "shapes":
         generate_shapes(root, **cfg.generate)
-        return load_voc(root, [(p.dir, p.split) for p in part], classes or SHAPES_CLASSES, cfg.name)
+        # the generator settings are part of the name, so caches keyed by it (proposals)
+        # never serve boxes of a differently generated set
+        g = cfg.generate
+        name = f"{cfg.name}-s{g.seed}-{g.num_trainval}-{g.num_test}"
+        return load_voc(root, [(p.dir, p.split) for p in part], classes or SHAPES_CLASSES, name)
     if cfg.kind == "voc":
         return load_voc(root, [(p.dir, p.split) for p in part], classes or VOC_CLASSES, cfg.name)
     if cfg.kind == "coco":

@@ -1,4 +1,5 @@
-"""Every image file in a folder (sorted by name), or one image file: input for detection.
+"""Every image file in a folder (sorted by name), one image file, or a ``.txt`` list of
+image paths (one per line, relative to the list's folder): input for detection.
 
 Image ids are the file names. Sizes are read lazily: a corrupt file must not stop the
 other images from being processed, so nothing is decoded here.
@@ -12,8 +13,13 @@ from .sample import IMAGE_SUFFIXES
 
 
 def list_images(path: str | Path) -> list[Path]:
-    """Image files in ``path`` (a folder, by suffix, sorted) or ``[path]`` for one file."""
+    """Image files in ``path``: a folder (by suffix, sorted), a .txt list, or one file."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise SppDetError(f"{path}: image list is empty")
+        return [p if p.is_absolute() else path.parent / p for p in map(Path, lines)]
     if path.is_file():
         return [path]
     if not path.is_dir():

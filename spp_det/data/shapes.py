@@ -124,7 +124,7 @@ def generate_shapes(root: str | Path, num_trainval: int = 240, num_test: int = 1
     the split files are written last, so an interrupted run is redone, never half-read."""
     base = Path(root) / SHAPES_DIR
     stamp = base / "settings.txt"
-    settings = f"num_trainval={num_trainval} num_test={num_test} seed={seed} version=1\n"
+    settings = f"num_trainval={num_trainval} num_test={num_test} seed={seed} version=2\n"
     if stamp.is_file() and stamp.read_text() == settings:
         return base
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -145,5 +145,8 @@ def generate_shapes(root: str | Path, num_trainval: int = 240, num_test: int = 1
         splits[split].append(stem)
     for split, stems in splits.items():
         _write_atomic(base / "ImageSets" / "Main" / f"{split}.txt", ("\n".join(stems) + "\n").encode())
+    # the test images as a list file for scripts/detect.py (input=data/shapes/test_images.txt)
+    _write_atomic(Path(root) / "test_images.txt",
+                  "".join(f"{SHAPES_DIR}/JPEGImages/{s}.jpg\n" for s in splits["test"]).encode())
     _write_atomic(stamp, settings.encode())
     return base

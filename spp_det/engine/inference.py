@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: ProposalStore,
                    ss: SelectiveSearchConfig, scales: tuple[int, ...] | None = None,
                    score_thresh: float = 0.001, nms_thresh: float = 0.3, max_per_image: int = 100,
-                   rank: int = 0, world: int = 1, progress: bool = True) -> tuple[list[dict] | None, dict]:
+                   rank: int = 0, world: int = 1, progress: bool = True,
+                   max_windows: int | None = None) -> tuple[list[dict] | None, dict]:
     """Detections for every image (aligned with ``dataset.targets``) and timing.
 
+    max_windows: score only the first N windows of each image (selective search's order),
+    e.g. to compare SPP and R-CNN mode on the same, affordable set.
     With world > 1 each rank takes every world-th image; rank 0 gets the merged list,
     the others None. Proposals missing from the store are computed and saved.
     """
@@ -36,7 +39,7 @@ def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: Propo
     results, seconds = [], 0.0
     for i in tqdm(mine, desc="detect", unit="img", disable=not progress or rank != 0, file=sys.stderr):
         image, target = dataset[i]
-        boxes = torch.from_numpy(proposals_for(store, target.image_id, image, ss))
+        boxes = torch.from_numpy(proposals_for(store, target.image_id, image, ss))[:max_windows]
         t0 = time.perf_counter()
         det = model.predict(image, boxes, scales=scales, score_thresh=score_thresh, nms_thresh=nms_thresh,
                             max_per_image=max_per_image)
@@ -75,7 +78,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     runner = RCNN(model).eval() if cfg.get("rcnn") else model
     scales = tuple(cfg.test.scales) if cfg.test.scales else None
     detections, timing = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
-                                        cfg.test.nms_thresh, cfg.test.max_per_image, rank, world)
+                                        cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
+                                        max_windows=cfg.test.get("max_windows"))
     if rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))

@@ -48,6 +48,30 @@ def project_windows(boxes: torch.Tensor, stride: int, centre0: float, map_size: 
     return torch.cat([lo, hi], dim=1).long()
 
 
+def _range_max_tables(fmap: torch.Tensor, needed: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """2-D sparse tables of one (H, W, C) channels-last map: table (a, b) holds, at (y, x),
+    the max over rows [y, y + 2^a) and columns [x, x + 2^b). Only the (a, b) in ``needed``
+    are built. Channels last, so that gathering one cell reads C contiguous values."""
+    rows = {0: fmap}
+    for a in range(1, max(a for a, _ in needed) + 1):
+        prev, step = rows[a - 1], 1 << (a - 1)
+        rows[a] = torch.maximum(prev[:-step], prev[step:])
+    tables: dict[tuple[int, int], torch.Tensor] = {}
+    for a in {a for a, _ in needed}:
+        cols = {0: rows[a]}
+        for b in range(1, max(b for aa, b in needed if aa == a) + 1):
+            prev, step = cols[b - 1], 1 << (b - 1)
+            cols[b] = torch.maximum(prev[:, :-step], prev[:, step:])
+        for aa, b in needed:
+            if aa == a:
+                tables[(a, b)] = cols[b]
+    return tables
+
+
+def _floor_log2(v: torch.Tensor) -> torch.Tensor:
+    return torch.floor(torch.log2(v.double())).long()
+
+
 class SpatialPyramidPooling(nn.Module):
     """Max pooling of each window into n x n bins for every level n.
 
@@ -57,8 +81,14 @@ class SpatialPyramidPooling(nn.Module):
     identical to ``adaptive_max_pool2d`` of the window's crop. Output per window: the
     levels in order, each flattened as (C, n, n) row-major. Differentiable.
 
-    This first version pools window by window (simple and exact); the contract is what
-    the rest of the code relies on, so a faster kernel can replace the body.
+    Two exact implementations, chosen by whether a gradient is needed:
+    - inference: all bins of all windows at once with 2-D range-maximum (sparse) tables;
+      the max over any rectangle is the max of four overlapping power-of-two blocks, so no
+      Python loop runs over windows (measured on 2 CPU cores, 2000 windows on a
+      256 x 43 x 57 map: 0.45 s against 1.9 s for the per-window loop);
+    - training: the per-window crop + ``adaptive_max_pool2d`` loop, whose backward is
+      cheaper for the ~64 windows of an image (14 ms against 35 ms for the tables).
+    Bin edges are integer arithmetic in both, so both equal the crop-wise reference.
     """
 
     def __init__(self, levels: tuple[int, ...] = (6, 3, 2, 1)) -> None:
@@ -72,16 +102,63 @@ class SpatialPyramidPooling(nn.Module):
     def output_size(self, channels: int) -> int:
         return channels * self.bins
 
+    def bin_edges(self, windows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per bin (K, bins) of every window, levels in order, bins row-major:
+        ys, ye, xs, xe (cell rows/columns, end exclusive)."""
+        x1, y1, x2, y2 = (windows[:, i:i + 1] for i in range(1, 5))
+        h, w = y2 - y1 + 1, x2 - x1 + 1
+        out = [[], [], [], []]
+        for n in self.levels:
+            i = torch.arange(n, device=windows.device)[None]
+            ys, ye = y1 + (i * h) // n, y1 + ((i + 1) * h + n - 1) // n  # (K, n)
+            xs, xe = x1 + (i * w) // n, x1 + ((i + 1) * w + n - 1) // n
+            out[0].append(ys[:, :, None].expand(-1, n, n).reshape(len(windows), -1))
+            out[1].append(ye[:, :, None].expand(-1, n, n).reshape(len(windows), -1))
+            out[2].append(xs[:, None, :].expand(-1, n, n).reshape(len(windows), -1))
+            out[3].append(xe[:, None, :].expand(-1, n, n).reshape(len(windows), -1))
+        return tuple(torch.cat(v, dim=1) for v in out)
+
     def forward(self, features: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        k = windows.shape[0]
-        c = features.shape[1]
+        k, c = windows.shape[0], features.shape[1]
         if k == 0:
             return features.new_zeros((0, self.output_size(c)))
+        if features.requires_grad and torch.is_grad_enabled():
+            return self._pool_loop(features, windows)
+        return self._pool_tables(features, windows.to(features.device))
+
+    def _pool_loop(self, features: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         out = []
         for b, x1, y1, x2, y2 in windows.tolist():
             crop = features[b, :, y1:y2 + 1, x1:x2 + 1]
             out.append(torch.cat([F.adaptive_max_pool2d(crop, n).reshape(-1) for n in self.levels]))
         return torch.stack(out)
+
+    def _pool_tables(self, features: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        k, c = windows.shape[0], features.shape[1]
+        ys, ye, xs, xe = (t.reshape(-1) for t in self.bin_edges(windows))
+        batch = windows[:, 0].repeat_interleave(self.bins)
+        a, b = _floor_log2(ye - ys), _floor_log2(xe - xs)
+        order, pieces = [], []
+        for bi in batch.unique().tolist():
+            in_batch = batch == bi
+            groups = torch.stack([a[in_batch], b[in_batch]], 1).unique(dim=0).tolist()
+            tables = _range_max_tables(features[bi].permute(1, 2, 0).contiguous(), {(ga, gb) for ga, gb in groups})
+            for ga, gb in groups:
+                sel = (in_batch & (a == ga) & (b == gb)).nonzero().squeeze(1)
+                t = tables[(ga, gb)]
+                y0, y1 = ys[sel], ye[sel] - (1 << ga)
+                x0, x1 = xs[sel], xe[sel] - (1 << gb)
+                m = torch.maximum(torch.maximum(t[y0, x0], t[y1, x0]),
+                                  torch.maximum(t[y0, x1], t[y1, x1]))  # (M, C)
+                order.append(sel)
+                pieces.append(m)
+        # one gather puts the grouped bins back in (window, bin) order
+        values = torch.cat(pieces)[torch.argsort(torch.cat(order))].view(k, self.bins, c)
+        out, start = [], 0
+        for n in self.levels:  # each level as (C, n, n) row-major
+            out.append(values[:, start:start + n * n].transpose(1, 2).reshape(k, -1))
+            start += n * n
+        return torch.cat(out, dim=1)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
