@@ -87,7 +87,7 @@ def test_bad_names_and_files(tmp_path):
     with pytest.raises(SppDetError, match="weights file not found"):
         build_trunk("zf5", weights_path=str(tmp_path / "none.pt"))
     (tmp_path / "bad.pt").write_bytes(b"junk")
-    with pytest.raises(SppDetError, match="cannot load weights"):
+    with pytest.raises(SppDetError, match="cannot read weights file"):
         build_trunk("zf5", weights_path=str(tmp_path / "bad.pt"))
     torch.save(build_trunk("zf5", width=0.5).body.state_dict(), tmp_path / "half.pt")
     with pytest.raises(SppDetError, match="do not fit"):

@@ -156,3 +156,19 @@ def test_folder_and_bad_images(tmp_path):
         read_image(tmp_path / "b.png")
     with pytest.raises(SppDetError, match="no such file or folder"):
         list_images(tmp_path / "nope")
+
+
+def test_image_list_file(tmp_path):
+    import cv2
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("sub/x.png\n\n")
+    assert list_images(tmp_path / "list.txt") == [tmp_path / "sub" / "x.png"]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(SppDetError, match="image list is empty"):
+        list_images(tmp_path / "empty.txt")
+
+
+def test_shapes_writes_test_list(shapes_root):
+    lines = (shapes_root / "test_images.txt").read_text().split()
+    assert len(lines) == 6 and all((shapes_root / ln).is_file() for ln in lines)

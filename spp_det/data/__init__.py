@@ -8,7 +8,7 @@ from ..errors import SppDetError
 from .coco import CocoDetection
 from .folder import list_images
 from .sample import DetectionDataset, Target, read_image
-from .shapes import SHAPES_CLASSES, SHAPES_DIR, generate_shapes
+from .shapes import SHAPES_CLASSES, SHAPES_DIR, SHAPES_VERSION, generate_shapes
 from .voc import VOC_CLASSES, load_voc
 
 __all__ = ["CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images",
@@ -30,7 +30,7 @@ def build_dataset(cfg: Any, split: str) -> DetectionDataset:
         # the generator settings are part of the name, so caches keyed by it (proposals)
         # never serve boxes of a differently generated set
         g = cfg.generate
-        name = f"{cfg.name}-s{g.seed}-{g.num_trainval}-{g.num_test}"
+        name = f"{cfg.name}-v{SHAPES_VERSION}-s{g.seed}-{g.num_trainval}-{g.num_test}"
         return load_voc(root, [(p.dir, p.split) for p in part], classes or SHAPES_CLASSES, name)
     if cfg.kind == "voc":
         return load_voc(root, [(p.dir, p.split) for p in part], classes or VOC_CLASSES, cfg.name)

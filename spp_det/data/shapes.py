@@ -2,7 +2,7 @@
 
 ``<root>/SHAPES/{JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt}``. Images of
 300-500 px with 1-5 filled shapes (ellipse, rectangle, triangle) of any colour, 20 px to
-~80% of the shorter side, varied aspect, partly overlapping, on textured backgrounds with
+~80% of the shorter side (side length uniform in that range), varied aspect, partly overlapping, on textured backgrounds with
 clutter (lines, small blobs, colour gradients). Class cannot be told from colour or size,
 only from shape. Output is byte-identical for the same seed (numpy's PCG64 plus OpenCV's
 deterministic drawing and JPEG encoder).
@@ -17,6 +17,7 @@ import numpy as np
 
 SHAPES_CLASSES = ["ellipse", "rectangle", "triangle"]
 SHAPES_DIR = "SHAPES"
+SHAPES_VERSION = 4  # bump whenever the generator's output changes (caches key on it)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -47,7 +48,8 @@ def _shape_points(rng: np.random.Generator, kind: str, x: int, y: int, bw: int, 
         pts = cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 0, 360, 4).astype(np.float64) / 1000.0
         pts = np.stack([x + (pts[:, 0] + 1) * (bw - 1) / 2, y + (pts[:, 1] + 1) * (bh - 1) / 2], 1)
         return np.round(pts).astype(np.int32)
-    apex = x + int(rng.integers(0, bw))  # triangle: apex on one edge, base on the opposite
+    # triangle: apex on one edge (its middle half: no near-degenerate slivers), base opposite
+    apex = x + int(round(bw * rng.uniform(0.25, 0.75)))
     if rng.random() < 0.5:
         return np.array([[apex, y], [x2, y2], [x, y2]], np.int32)
     return np.array([[apex, y2], [x, y], [x2, y]], np.int32)
@@ -77,7 +79,7 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, 
     for _ in range(int(rng.integers(1, 6))):
         for _attempt in range(20):
             kind = SHAPES_CLASSES[int(rng.integers(len(SHAPES_CLASSES)))]
-            side = float(np.exp(rng.uniform(np.log(20), np.log(0.8 * min(h, w)))))
+            side = float(rng.uniform(20, 0.8 * min(h, w)))
             aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
             bw = int(np.clip(round(side * np.sqrt(aspect)), 20, w - 2))
             bh = int(np.clip(round(side / np.sqrt(aspect)), 20, h - 2))
@@ -124,7 +126,7 @@ def generate_shapes(root: str | Path, num_trainval: int = 240, num_test: int = 1
     the split files are written last, so an interrupted run is redone, never half-read."""
     base = Path(root) / SHAPES_DIR
     stamp = base / "settings.txt"
-    settings = f"num_trainval={num_trainval} num_test={num_test} seed={seed} version=2\n"
+    settings = f"num_trainval={num_trainval} num_test={num_test} seed={seed} version={SHAPES_VERSION}\n"
     if stamp.is_file() and stamp.read_text() == settings:
         return base
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):

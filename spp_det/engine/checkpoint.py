@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from ..errors import SppDetError
 from ..models import SPPNet, build_detector
+from ..models.backbones import load_torch_file
 
 FORMAT = "spp_det/1"
 
@@ -26,13 +27,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, with a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise SppDetError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise SppDetError(f"{path}: cannot read checkpoint ({exc})") from exc
+    ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SppDetError(f"{path}: not an spp_det checkpoint (no '{FORMAT}' format tag)")
     return ckpt

@@ -53,7 +53,9 @@ class Trunk(nn.Module):
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         self.name = name
-        self.body = body
+        # channels-last: oneDNN's CPU convolutions run ~1.4x faster on it (measured on the
+        # zf5 trunk, forward + backward), and SPP's range-max tables want (H, W, C) anyway
+        self.body = body.to(memory_format=torch.channels_last)
         self.out_channels = out_channels
         self.stride, self.centre0 = receptive_geometry(geometry_layers)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -66,7 +68,7 @@ class Trunk(nn.Module):
         return (images_uint8.float() / 255.0 - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return self.body(x.contiguous(memory_format=torch.channels_last))
 
     def freeze(self, freeze_bn: bool = True) -> "Trunk":
         """Freeze all conv weights (the paper's setting); ``freeze_bn`` also keeps
@@ -115,14 +117,19 @@ def _zf5(width: float, norm: str) -> tuple[nn.Module, int, list[nn.Module]]:
     return body, c[4], [conv1, pool1, conv2, pool2, conv3, conv4, conv5]
 
 
-def _load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> None:
+def load_torch_file(path: str | Path, what: str) -> object:
+    """torch.load (tensors and plain containers only) with one clear error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise SppDetError(f"{path}: weights file not found")
+        raise SppDetError(f"{path}: {what} file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise SppDetError(f"{path}: cannot load weights ({exc})") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise SppDetError(f"{path}: cannot read {what} file ({exc})") from exc
+
+
+def _load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> None:
+    state = load_torch_file(path, "weights")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         module.load_state_dict(state, strict=strict)
