@@ -170,4 +170,4 @@ def test_propose_script_writes_recall(tmp_path, shapes_root):
     r = json.loads((tmp_path / "run" / "recall.json").read_text())
     assert r["num_images"] == 6 and r["recall@0.5"] >= 0.8
     assert (tmp_path / "run" / "recall.png").is_file()
-    assert len(list((tmp_path / "cache" / "shapes").glob("test-*/*.boxes"))) == 6
+    assert len(list((tmp_path / "cache").glob("shapes-*/test-*/*.boxes"))) == 6

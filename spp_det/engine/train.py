@@ -333,8 +333,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{smooth:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
             if self.iteration % tc.log_every == 0 or self.iteration == max_iter:
-                rec = {"iteration": self.iteration, "loss": float(loss), "loss_cls": float(cls),
-                       "loss_box": float(box), "lr": self.scheduler.get_last_lr()[0],
+                rec = {"iteration": self.iteration, "loss": loss.item(), "loss_cls": cls.item(),
+                       "loss_box": box.item(), "lr": self.scheduler.get_last_lr()[0],
                        "seconds": time.perf_counter() - t0}
                 log.info("it %d loss %.4f (cls %.4f box %.4f) lr %.2e", self.iteration, rec["loss"], rec["loss_cls"],
                          rec["loss_box"], rec["lr"])
