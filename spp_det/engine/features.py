@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,32 +27,51 @@ def trunk_digest(model: SPPNet) -> str:
 
 
 class FeatureCache:
-    """get(key, image, scale, flip) -> FeatureMap, computed with the model's trunk on a
-    miss and stored. ``computed`` counts trunk runs (tests use it)."""
+    """get(key, load_image, scale, flip) -> FeatureMap, computed with the model's trunk on
+    a miss and stored; the image is only decoded on a miss. Recently used maps also stay
+    in memory (LRU, ``memory_mb``), so a small data set is read from disk once.
+    ``computed`` counts trunk runs, ``loaded`` disk reads (tests use them)."""
 
-    def __init__(self, root: str | Path, model: SPPNet, dtype: torch.dtype = torch.float16) -> None:
+    def __init__(self, root: str | Path, model: SPPNet, dtype: torch.dtype = torch.float16,
+                 memory_mb: float = 1024) -> None:
         self.dir = Path(root) / f"{model.trunk.name}-{trunk_digest(model)}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.model = model
         self.dtype = dtype
         self.computed = 0
         self.loaded = 0
+        self.memory_bytes = int(memory_mb * 2 ** 20)
+        self._memory: OrderedDict[str, tuple[torch.Tensor, float, float]] = OrderedDict()
+        self._held = 0
+
+    def _remember(self, name: str, feats: torch.Tensor, fx: float, fy: float) -> None:
+        self._memory[name] = (feats, fx, fy)
+        self._held += feats.numel() * feats.element_size()
+        while self._held > self.memory_bytes and self._memory:
+            old = self._memory.popitem(last=False)[1][0]
+            self._held -= old.numel() * old.element_size()
 
     def path(self, key: str, scale: int, flip: bool) -> Path:
         return self.dir / f"{key}_s{scale}{'_f' if flip else ''}.pt"
 
     @torch.no_grad()
-    def get(self, key: str, image: np.ndarray, scale: int, flip: bool) -> FeatureMap:
-        """image: (H, W, 3) uint8 RGB, NOT flipped (the flip is applied here)."""
+    def get(self, key: str, load_image: Callable[[], np.ndarray], scale: int, flip: bool) -> FeatureMap:
+        """load_image() -> (H, W, 3) uint8 RGB, NOT flipped (the flip is applied here)."""
         path = self.path(key, scale, flip)
+        if path.name in self._memory:
+            self._memory.move_to_end(path.name)
+            feats, fx, fy = self._memory[path.name]
+            return FeatureMap(feats.float(), fx, fy)
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             self.loaded += 1
+            self._remember(path.name, data["features"], data["fx"], data["fy"])
             return FeatureMap(data["features"].float(), data["fx"], data["fy"])
         except FileNotFoundError:
             pass
         except Exception:  # a damaged file (killed writer, disk error): recompute it
             path.unlink(missing_ok=True)
+        image = load_image()
         img = np.ascontiguousarray(image[:, ::-1]) if flip else image
         was_training = self.model.trunk.training
         self.model.trunk.eval()
@@ -60,4 +81,6 @@ class FeatureCache:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save({"features": fm.features.to(self.dtype).cpu(), "fx": fm.fx, "fy": fm.fy}, tmp)
         os.replace(tmp, path)
-        return FeatureMap(fm.features.to(self.dtype).float(), fm.fx, fm.fy)
+        stored = fm.features.to(self.dtype).cpu()
+        self._remember(path.name, stored, fm.fx, fm.fy)
+        return FeatureMap(stored.float(), fm.fx, fm.fy)

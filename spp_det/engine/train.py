@@ -177,7 +177,8 @@ class Trainer:
         else:
             self.model.trunk.freeze(freeze_bn=True)  # maps come from the cache, computed once
         self.store, self.ss = build_proposals(cfg.proposals, full.name, "train")
-        self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model)
+        self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model,
+                                                                memory_mb=tc.get("feature_memory_mb", 1024))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_solver(params, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -221,8 +222,9 @@ class Trainer:
             fg = lab > 0
             if fg.any():
                 tgt[fg] = self.model.box_coder.encode(gt[e.gt_index[sel][fg]], win[fg])
-            image, target = dataset[e.index]
+            target = dataset.targets[e.index]
             if self.finetune:  # one random scale per image, trunk runs with gradients
+                image = dataset[e.index][0]
                 s = scales[self.rng.randrange(len(scales))]
                 img = np.ascontiguousarray(image[:, ::-1]) if flip else image
                 x, fx, fy = self.model.prepare(img, s)
@@ -232,7 +234,7 @@ class Trainer:
                 choice = torch.tensor([self.rng.randrange(len(scales)) for _ in range(len(sel))], dtype=torch.long)
                 idx = torch.empty(len(sel), dtype=torch.long)
                 for c in choice.unique().tolist():
-                    fm = self.features.get(str(target.image_id), image, scales[c], flip)
+                    fm = self.features.get(str(target.image_id), lambda i=e.index: dataset[i][0], scales[c], flip)
                     fm.features = fm.features.to(self.device)
                     inputs.append(fm)
                     idx[choice == c] = len(inputs) - 1
