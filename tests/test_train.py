@@ -21,7 +21,7 @@ def make_cfg(tmp_path, shapes_root, *extra):
         f"train.feature_cache={tmp_path / 'features'}", "train.val_fraction=0.25", "train.val_map_images=2",
         "train.val_batches=1", "train.batch_windows=32", "train.images_per_batch=2", "train.log_every=1",
         "train.checkpoint_every=3", "train.val_every=1000", "workers=1", "test_at_end=false",
-        "solver.lr=0.01", "solver.warmup_iters=0", "solver.steps=[1000]", *extra]
+        "solver.lr=0.001", "solver.warmup_iters=0", "solver.steps=[1000]", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
