@@ -8,7 +8,7 @@ from ..errors import SppDetError
 from .coco import CocoDetection
 from .folder import list_images
 from .sample import DetectionDataset, Target, read_image
-from .shapes import SHAPES_CLASSES, SHAPES_DIR, SHAPES_VERSION, generate_shapes
+from .shapes import SHAPES_CLASSES, SHAPES_VERSION, generate_shapes
 from .voc import VOC_CLASSES, load_voc
 
 __all__ = ["CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images",

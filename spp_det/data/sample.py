@@ -54,12 +54,6 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, decoding it (no extra dependency for headers)."""
-    image = read_image(path)
-    return image.shape[0], image.shape[1]
-
-
 class DetectionDataset:
     """A list of :class:`Target` plus the class names; images are read on access.
 

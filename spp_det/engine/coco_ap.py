@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 

@@ -27,16 +27,18 @@ def category_ids(dataset: DetectionDataset) -> list:
     return [None] + list(dataset.classes)
 
 
+def image_results(image_id: str | int, det: dict, cats: list) -> list[dict]:
+    """One image's detections -> results entries; ``cats[label]`` is the category_id."""
+    xywh = xyxy_to_xywh(det["boxes"]).tolist()
+    return [{"image_id": image_id, "category_id": cats[label], "bbox": [round(v, 2) for v in box],
+             "score": round(float(score), 5)}
+            for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist())]
+
+
 def to_results(dataset: DetectionDataset, detections: list[dict]) -> list[dict]:
     """Per-image detections (aligned with ``dataset.targets``) -> results list."""
     cats = category_ids(dataset)
-    out = []
-    for target, det in zip(dataset.targets, detections):
-        xywh = xyxy_to_xywh(det["boxes"]).tolist()
-        for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
-            out.append({"image_id": target.image_id, "category_id": cats[label],
-                        "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)})
-    return out
+    return [r for target, det in zip(dataset.targets, detections) for r in image_results(target.image_id, det, cats)]
 
 
 def from_results(dataset: DetectionDataset, results: list[dict], source: str = "detections") -> list[dict]:

@@ -85,7 +85,6 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
     print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
-    metrics = score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot)
-    metrics.update({"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp", **timing})
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    return metrics
+    return score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot,
+                            extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp",
+                                   **timing})

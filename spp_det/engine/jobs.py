@@ -11,7 +11,7 @@ from ..data import DetectionDataset, build_dataset
 from ..errors import SppDetError
 from ..visualize import pr_grid
 from .cli import run_dir
-from .detections import from_results, load_results, write_json_atomic
+from .detections import from_results, image_results, load_results, write_json_atomic
 from .evaluate import evaluate, format_table
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,11 @@ def take_subset(dataset: DetectionDataset, subset) -> DetectionDataset:
 
 
 def score_and_report(dataset: DetectionDataset, detections: list[dict], metric: str,
-                     out_dir: Path, plot: bool = True) -> dict:
-    """Evaluate, print the table, write metrics.json (+ pr_curves.png) into ``out_dir``."""
+                     out_dir: Path, plot: bool = True, extra: dict | None = None) -> dict:
+    """Evaluate, print the table, write metrics.json (metrics plus ``extra``) and
+    pr_curves.png into ``out_dir``."""
     metrics, curves = evaluate(dataset, detections, metric)
+    metrics.update(extra or {})
     table = format_table(metrics)
     print(table)
     log.info("\n%s", table)
@@ -142,23 +144,23 @@ def detect_job(cfg: DictConfig) -> list[str]:
             failures.append(f"{f}: cannot read ({exc.strerror})")
     stats = compute_missing(store, [(keys[f], f) for f in files if f in keys], ss, workers=cfg.workers)
     failures += stats.failed
-    bad = {msg.split(": ")[0] for msg in failures}
     results = []
     scales = tuple(cfg.scales) if cfg.scales else None
-    for f in tqdm([f for f in files if str(f) not in bad and f in keys], desc="detect", unit="img", file=sys.stderr):
+    cats = [None] + classes
+    for f in tqdm([f for f in files if f in keys], desc="detect", unit="img", file=sys.stderr):
+        boxes = store.get(keys[f])
+        if boxes is None:
+            continue  # its search failed: already in ``failures``
         try:
             image = read_image(f)
         except SppDetError as exc:
             failures.append(str(exc))
             continue
-        boxes = torch.from_numpy(store.get(keys[f]))
+        boxes = torch.from_numpy(boxes)
         det = model.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
                             nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
         cv2.imwrite(str(out / f"{f.stem}.jpg"), draw_detections(image, det["boxes"], det["labels"], det["scores"], classes))
-        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-            results.append({"image_id": f.name, "category_id": classes[label - 1],
-                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                     round(box[3] - box[1], 2)], "score": round(score, 5)})
+        results += image_results(f.name, det, cats)
     write_json_atomic(out / "detections.json", results)
     for msg in failures:
         print(f"error: {msg}", file=sys.stderr)

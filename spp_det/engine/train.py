@@ -173,7 +173,6 @@ class Trainer:
         if self.finetune:
             for p in self.model.trunk.parameters():
                 p.requires_grad_(True)
-            self.model.trunk.frozen = False
         else:
             self.model.trunk.freeze(freeze_bn=True)  # maps come from the cache, computed once
         self.store, self.ss = build_proposals(cfg.proposals, full.name, "train")
@@ -257,9 +256,14 @@ class Trainer:
              "iteration": self.iteration, "best": self.best, "history": self.history}
         if with_state:
             p.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "rng_python": list(self.rng.getstate()[1]), "rng_python_extra": [self.rng.getstate()[0], self.rng.getstate()[2]],
+                      "rng_python": self._rng_state(),
                       "rng_torch": torch.get_rng_state()})
         return p
+
+    def _rng_state(self) -> list:
+        """random.Random's state as plain lists (what weights-only torch.load accepts)."""
+        version, state, gauss = self.rng.getstate()
+        return [version, list(state), gauss]
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -270,8 +274,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        version, gauss = ckpt["rng_python_extra"]
-        self.rng.setstate((version, tuple(ckpt["rng_python"]), gauss))
+        version, state, gauss = ckpt["rng_python"]
+        self.rng.setstate((version, tuple(state), gauss))
         torch.set_rng_state(ckpt["rng_torch"])
         self.iteration, self.best, self.history = ckpt["iteration"], ckpt["best"], list(ckpt["history"])
         log.info("resumed from %s at iteration %d", path, self.iteration)
@@ -398,9 +402,8 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     if trainer.rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(test_set, dets))
-    metrics = score_and_report(test_set, dets, cfg.dataset.metric, out_dir)
-    metrics.update({"train_seconds": train_s, "total_seconds": time.perf_counter() - t0, **timing})
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    metrics = score_and_report(test_set, dets, cfg.dataset.metric, out_dir,
+                               extra={"train_seconds": train_s, "total_seconds": time.perf_counter() - t0, **timing})
     print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f}  (total {metrics['total_seconds']:.0f} s)")
     return metrics
 

@@ -60,7 +60,6 @@ class Trunk(nn.Module):
         self.stride, self.centre0 = receptive_geometry(geometry_layers)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.frozen = False
         self.bn_frozen = False
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -75,7 +74,6 @@ class Trunk(nn.Module):
         batch-norm statistics fixed (eval mode) whatever mode the model is in."""
         for p in self.parameters():
             p.requires_grad_(False)
-        self.frozen = True
         self.bn_frozen = freeze_bn
         return self
 

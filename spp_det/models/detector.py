@@ -1,7 +1,6 @@
 """SPPNet: one conv feature map per image and scale, every window pooled from it."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import cv2
@@ -115,10 +114,6 @@ class SPPNet(nn.Module):
         expected = self.scale_target * min(height, width) / area.sqrt()
         s = torch.tensor(scales, dtype=torch.float64)
         return (expected[:, None] - s[None, :]).abs().argmin(dim=1)
-
-    def random_scales(self, n: int, generator: random.Random) -> torch.Tensor:
-        """(n,) random indices into ``train_scales`` (training: each window at one scale)."""
-        return torch.tensor([generator.randrange(len(self.train_scales)) for _ in range(n)], dtype=torch.long)
 
     def pool(self, maps: list[FeatureMap], boxes: torch.Tensor, map_index: torch.Tensor) -> torch.Tensor:
         """Pool each window from its feature map.
