@@ -8,6 +8,8 @@ Hydra run directory and prints the per-class table.
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -18,7 +20,9 @@ from spp_det.engine.jobs import evaluate_job
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    evaluate_job(cfg)
+    metrics = evaluate_job(cfg)
+    if metrics and metrics.get("failed_images"):
+        sys.exit(1)  # each failed image was named on stderr; the others' results are written
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ run directory.
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -19,7 +21,9 @@ from spp_det.engine.train import train_job
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    train_job(cfg, run_dir())
+    metrics = train_job(cfg, run_dir())
+    if metrics and metrics.get("failed_images"):
+        sys.exit(1)  # each failed image was named on stderr; the others' results are written
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_folder_and_bad_images(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     import cv2
     cv2.imwrite(str(tmp_path / "c.jpg"), np.zeros((5, 7, 3), np.uint8))
-    assert [p.name for p in list_images(tmp_path)] == ["b.png", "c.jpg"]
+    assert list_images(tmp_path) == [(tmp_path / "b.png", "b.png"), (tmp_path / "c.jpg", "c.jpg")]
     assert read_image(tmp_path / "c.jpg").shape == (5, 7, 3)
     with pytest.raises(SppDetError, match=r"b.png: not a readable image"):
         read_image(tmp_path / "b.png")
@@ -163,7 +163,7 @@ def test_image_list_file(tmp_path):
     (tmp_path / "sub").mkdir()
     cv2.imwrite(str(tmp_path / "sub" / "x.png"), np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "list.txt").write_text("sub/x.png\n\n")
-    assert list_images(tmp_path / "list.txt") == [tmp_path / "sub" / "x.png"]
+    assert list_images(tmp_path / "list.txt") == [(tmp_path / "sub" / "x.png", "sub/x.png")]
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(SppDetError, match="image list is empty"):
         list_images(tmp_path / "empty.txt")

@@ -54,14 +54,14 @@ def test_recall_on_hand_made_boxes():
 
 
 def _items(ds):
-    return [(t.image_id, t.path) for t in ds.targets]
+    return [t.path for t in ds.targets]
 
 
 def test_interrupted_run_resumes_to_same_store(tmp_path, shapes_root):
     ds = _shapes(shapes_root)
-    ref = ProposalStore(tmp_path / "ref", "shapes", "trainval", SMALL.as_dict())
+    ref = ProposalStore(tmp_path / "ref", SMALL.as_dict())
     compute_missing(ref, _items(ds), SMALL, workers=1, progress=False)
-    store = ProposalStore(tmp_path / "cache", "shapes", "trainval", SMALL.as_dict())
+    store = ProposalStore(tmp_path / "cache", SMALL.as_dict())
 
     class Killed(Exception):
         pass
@@ -75,38 +75,69 @@ def test_interrupted_run_resumes_to_same_store(tmp_path, shapes_root):
 
     with pytest.raises(Killed):
         compute_missing(store, _items(ds), SMALL, workers=2, progress=False, on_done=stop_after_three)
-    files = list(store.dir.glob("*.boxes"))
+    files = list(store.dir.rglob("*.boxes"))
     assert 3 <= len(files) < len(ds)
     # a write that died half-way: a truncated entry and a stray temp file
-    victim = store.path(ds.targets[-1].image_id)
-    victim.write_bytes(ref.path(ds.targets[-1].image_id).read_bytes()[:40])
+    victim = store.path(ds.targets[-1].path)
+    victim.parent.mkdir(exist_ok=True)
+    victim.write_bytes(ref.path(ds.targets[-1].path).read_bytes()[:40])
     (store.dir / ".stray.boxes.tmp123").write_bytes(b"xx")
     stats = compute_missing(store, _items(ds), SMALL, workers=2, progress=False)
     assert stats.cached + stats.computed == len(ds) and stats.cached >= 3
     assert store.corrupt_found == 1
     for t in ds.targets:
-        assert store.path(t.image_id).read_bytes() == ref.path(t.image_id).read_bytes()
+        assert store.path(t.path).read_bytes() == ref.path(t.path).read_bytes()
 
 
 def test_corrupt_file_detected_and_recomputed(tmp_path, shapes_root):
     ds = _shapes(shapes_root)
     image, t = ds[1]
-    store = ProposalStore(tmp_path, "shapes", "trainval", SMALL.as_dict())
-    good = proposals_for(store, t.image_id, image, SMALL)
-    data = bytearray(store.path(t.image_id).read_bytes())
+    store = ProposalStore(tmp_path, SMALL.as_dict())
+    good = proposals_for(store, t.path, image, SMALL)
+    data = bytearray(store.path(t.path).read_bytes())
     data[-3] ^= 0xFF  # flip bits in the payload: the CRC catches it
-    store.path(t.image_id).write_bytes(bytes(data))
-    assert store.get(t.image_id) is None
-    np.testing.assert_array_equal(proposals_for(store, t.image_id, image, SMALL), good)
-    np.testing.assert_array_equal(store.get(t.image_id), good)
+    store.path(t.path).write_bytes(bytes(data))
+    assert store.get(t.path) is None
+    np.testing.assert_array_equal(proposals_for(store, t.path, image, SMALL), good)
+    np.testing.assert_array_equal(store.get(t.path), good)
 
 
 def test_settings_change_uses_another_directory(tmp_path):
-    a = ProposalStore(tmp_path, "d", "s", SMALL.as_dict())
-    b = ProposalStore(tmp_path, "d", "s", {**SMALL.as_dict(), "max_size": 201})
+    a = ProposalStore(tmp_path, SMALL.as_dict())
+    b = ProposalStore(tmp_path, {**SMALL.as_dict(), "max_size": 201})
     assert a.dir != b.dir and a.dir.parent == b.dir.parent
-    a.put("x", np.ones((2, 4), np.float32))
-    assert b.get("x") is None
+    (tmp_path / "x.jpg").write_bytes(b"some bytes")
+    a.put(tmp_path / "x.jpg", np.ones((2, 4), np.float32))
+    assert b.get(tmp_path / "x.jpg") is None
+
+
+def test_store_is_keyed_by_image_content_not_by_id(tmp_path):
+    """A split whose images change under the same ids gets new windows; one image reached
+    through two data set configs (voc07 / voc0712 share VOC2007 trainval) is searched once."""
+    from spp_det.data import generate_shapes
+    from spp_det.data.shapes import SHAPES_CLASSES
+    store = ProposalStore(tmp_path / "cache", SMALL.as_dict())
+    root = tmp_path / "set"
+    generate_shapes(root, num_trainval=3, num_test=1, seed=0)
+    old = load_voc(root, [("SHAPES", "trainval")], default_classes=SHAPES_CLASSES)
+    assert compute_missing(store, _items(old), SMALL, workers=1, progress=False).computed == 3
+    before = [store.get(t.path) for t in old.targets]
+    # the same folder regenerated with another seed: same ids, other pictures
+    generate_shapes(root, num_trainval=3, num_test=1, seed=5)
+    new = load_voc(root, [("SHAPES", "trainval")], default_classes=SHAPES_CLASSES)
+    assert [t.image_id for t in new.targets] == [t.image_id for t in old.targets]
+    assert all(store.get(t.path) is None for t in new.targets)  # nothing stale is served
+    stats = compute_missing(store, _items(new), SMALL, workers=1, progress=False)
+    assert (stats.computed, stats.cached) == (3, 0)
+    for t, b in zip(new.targets, before):
+        fresh = selective_search(read_image(t.path), SMALL)
+        np.testing.assert_array_equal(store.get(t.path), fresh)
+        assert not np.array_equal(fresh, b)
+    # two configs over the same files (and a copy elsewhere): every entry is a hit
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(new.targets[0].path.read_bytes())
+    again = compute_missing(store, _items(new) + [copy], SMALL, workers=1, progress=False)
+    assert (again.computed, again.cached) == (0, 4)
 
 
 def test_mat_import_round_trips_known_boxes(tmp_path):
@@ -117,17 +148,25 @@ def test_mat_import_round_trips_known_boxes(tmp_path):
     images = np.empty((2,), dtype=object)
     images[0], images[1] = "000005", "000007"
     scipy_io.savemat(tmp_path / "voc_2007_test.mat", {"boxes": cells, "images": images})
-    store = ProposalStore(tmp_path / "c", "voc07", "test", {"imported": "rcnn"})
-    assert store.import_mat(tmp_path / "voc_2007_test.mat") == 2
-    assert store.get("000005").tolist() == [[1, 0, 20, 10], [4, 4, 5, 5]]
-    assert store.get("000007").shape == (0, 4)
+    store = ProposalStore(tmp_path / "c", {"imported": "rcnn"})
+    paths = {}
+    for i, name in enumerate(["000005", "000007", 3, 4]):
+        paths[name] = tmp_path / f"{name}.jpg"
+        paths[name].write_bytes(f"image {i}".encode())  # distinct contents, distinct keys
+    assert store.import_mat(tmp_path / "voc_2007_test.mat", paths) == 2
+    assert store.get(paths["000005"]).tolist() == [[1, 0, 20, 10], [4, 4, 5, 5]]
+    assert store.get(paths["000007"]).shape == (0, 4)
     with open(tmp_path / "p.pkl", "wb") as f:
         pickle.dump({"ids": [3, 4], "boxes": [np.array([[1, 2, 3, 4]]), np.zeros((0, 4))]}, f)
-    assert store.import_pickle(tmp_path / "p.pkl") == 2
-    assert store.get(3).tolist() == [[1, 2, 3, 4]]
+    assert store.import_pickle(tmp_path / "p.pkl", paths) == 2
+    assert store.get(paths[3]).tolist() == [[1, 2, 3, 4]]
+    with pytest.raises(SppDetError, match=r"p.pkl: image id 9 is not in the data set"):
+        with open(tmp_path / "p.pkl", "wb") as f:
+            pickle.dump({"ids": [9], "boxes": [np.zeros((0, 4))]}, f)
+        store.import_pickle(tmp_path / "p.pkl", paths)
     with pytest.raises(SppDetError, match="p.pkl"):
         (tmp_path / "p.pkl").write_bytes(b"garbage")
-        store.import_pickle(tmp_path / "p.pkl")
+        store.import_pickle(tmp_path / "p.pkl", paths)
 
 
 def test_shards_partition_the_items():
@@ -140,9 +179,13 @@ def test_shards_partition_the_items():
 
 def test_unreadable_image_is_counted_not_fatal(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
-    store = ProposalStore(tmp_path / "c", "f", "s", SMALL.as_dict())
-    stats = compute_missing(store, [("bad", tmp_path / "bad.jpg")], SMALL, workers=1, progress=False)
-    assert stats.computed == 0 and len(stats.failed) == 1 and "bad.jpg" in stats.failed[0]
+    store = ProposalStore(tmp_path / "c", SMALL.as_dict())
+    stats = compute_missing(store, [tmp_path / "bad.jpg", tmp_path / "missing.jpg"], SMALL, workers=1,
+                            progress=False)
+    assert stats.computed == 0 and len(stats.failed) == 2
+    assert sorted(f.split(": ")[1] for f in stats.failed) == ["cannot read image file (No such file or directory)",
+                                                              "not a readable image (corrupt or unknown format)"]
+    assert {Path(f.split(": ")[0]).name for f in stats.failed} == {"bad.jpg", "missing.jpg"}
 
 
 def test_fast_mode_finds_large_objects_on_real_photos():
@@ -170,4 +213,4 @@ def test_propose_script_writes_recall(tmp_path, shapes_root):
     r = json.loads((tmp_path / "run" / "recall.json").read_text())
     assert r["num_images"] == 6 and r["recall@0.5"] >= 0.8
     assert (tmp_path / "run" / "recall.png").is_file()
-    assert len(list((tmp_path / "cache").glob("shapes-*/test-*/*.boxes"))) == 6
+    assert len(list((tmp_path / "cache").glob("*/*/*.boxes"))) == 6

@@ -90,19 +90,19 @@ def test_training_lowers_the_loss(tmp_path, shapes_root):
 
 
 def test_resume_gives_identical_weights_and_features_are_reused(tmp_path, shapes_root):
-    full = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "solver.max_iter=6"), tmp_path / "a")
+    full = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6"), tmp_path / "a")
     full.fit()
     assert full.features.computed > 0
-    first = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "solver.max_iter=3"), tmp_path / "b")
+    first = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=3"), tmp_path / "b")
     first.fit()
-    resumed = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "solver.max_iter=6", "resume=true"),
+    resumed = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6", "resume=true"),
                       tmp_path / "b")
     resumed.fit()
     assert resumed.iteration == 6
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     # the second run over the same images reads every conv map from the disk cache
-    again = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "solver.max_iter=6"), tmp_path / "c")
+    again = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6"), tmp_path / "c")
     again.fit()
     assert again.features.computed == 0 and again.features.loaded > 0
 
@@ -111,7 +111,7 @@ def _ddp_worker(rank, world, port, tmp_path, shapes_root, out):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    cfg = make_cfg(tmp_path, shapes_root, "train=paper", "solver.max_iter=4", "train.val_fraction=0")
+    cfg = make_cfg(tmp_path, shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=4", "train.val_fraction=0")
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.fit()
     torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
@@ -125,7 +125,7 @@ def test_two_process_gloo_training_agrees(tmp_path, shapes_root):
     mp.spawn(_ddp_worker, args=(2, port, tmp_path, shapes_root, tmp_path), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
-    init = Trainer(make_cfg(tmp_path, shapes_root, "train=paper", "solver.max_iter=4", "train.val_fraction=0"),
+    init = Trainer(make_cfg(tmp_path, shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=4", "train.val_fraction=0"),
                    tmp_path / "x").model.state_dict()
     moved = False
     for k in a:

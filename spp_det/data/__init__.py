@@ -6,13 +6,13 @@ from typing import Any
 
 from ..errors import SppDetError
 from .coco import CocoDetection
-from .folder import list_images
-from .sample import DetectionDataset, Target, read_image
-from .shapes import SHAPES_CLASSES, SHAPES_VERSION, generate_shapes
+from .folder import list_images, output_names
+from .sample import DetectionDataset, Target, check_box, image_digest, read_image
+from .shapes import SHAPES_CLASSES, generate_shapes
 from .voc import VOC_CLASSES, load_voc
 
-__all__ = ["CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images",
-           "read_image", "generate_shapes", "load_voc", "VOC_CLASSES", "SHAPES_CLASSES"]
+__all__ = ["CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images", "output_names",
+           "read_image", "image_digest", "check_box", "generate_shapes", "load_voc", "VOC_CLASSES", "SHAPES_CLASSES"]
 
 
 def build_dataset(cfg: Any, split: str) -> DetectionDataset:
@@ -27,13 +27,15 @@ def build_dataset(cfg: Any, split: str) -> DetectionDataset:
     classes = list(cfg.classes) if cfg.get("classes") else None
     if cfg.kind == "shapes":
         generate_shapes(root, **cfg.generate)
-        # the generator settings are part of the name, so caches keyed by it (proposals)
-        # never serve boxes of a differently generated set
-        g = cfg.generate
-        name = f"{cfg.name}-v{SHAPES_VERSION}-s{g.seed}-{g.num_trainval}-{g.num_test}"
-        return load_voc(root, [(p.dir, p.split) for p in part], classes or SHAPES_CLASSES, name)
-    if cfg.kind == "voc":
-        return load_voc(root, [(p.dir, p.split) for p in part], classes or VOC_CLASSES, cfg.name)
-    if cfg.kind == "coco":
-        return CocoDetection(root / part.images, root / part.annotations, classes, cfg.name)
-    raise SppDetError(f"dataset '{cfg.name}': unknown kind '{cfg.kind}' (voc, coco, shapes)")
+        dataset = load_voc(root, [(p.dir, p.split) for p in part], classes, cfg.name, SHAPES_CLASSES)
+    elif cfg.kind == "voc":
+        dataset = load_voc(root, [(p.dir, p.split) for p in part], classes, cfg.name, VOC_CLASSES)
+    elif cfg.kind == "coco":
+        ids, exclude = part.get("image_ids"), part.get("exclude_image_ids")
+        dataset = CocoDetection(root / part.images, root / part.annotations, classes, cfg.name,
+                                image_ids=None if ids is None else [int(i) for i in ids],
+                                exclude_image_ids=None if exclude is None else [int(i) for i in exclude])
+    else:
+        raise SppDetError(f"dataset '{cfg.name}': unknown kind '{cfg.kind}' (voc, coco, shapes)")
+    dataset.report_skipped(f"split {split}")
+    return dataset

@@ -6,6 +6,9 @@ float32 (N, 4) xyxy in original-image pixels, 0-based continuous.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import SppDetError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -54,16 +59,80 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def image_digest(path: str | Path) -> str:
+    """16 hex digits of the SHA-1 of a file's bytes: the key of everything cached per image
+    (proposals, conv maps). Content, not name: two data sets whose ids overlap never share
+    an entry, a regenerated or edited image never reads a stale one, and the same file
+    reached through two data set configs (voc07 / voc0712) is computed once. Remembered
+    per (path, size, mtime) within the process, so each file is read once per run."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if memo not in _DIGESTS:
+            h = hashlib.sha1()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _DIGESTS[memo] = h.hexdigest()[:16]
+    except OSError as exc:
+        raise SppDetError(f"{path}: cannot read image file ({exc.strerror or exc})") from exc
+    return _DIGESTS[memo]
+
+
+def check_box(path: Path | str, what: str, box: list[float], height: int, width: int,
+              tolerance: float = 2.0) -> tuple[list[float], bool]:
+    """A ground-truth box (xyxy, 0-based continuous) checked against its image: a negative
+    size, or a box more than ``tolerance`` pixels outside the image, is an error naming
+    the file and the annotation; a smaller overshoot is clipped. Returns (box, clipped)."""
+    x1, y1, x2, y2 = box
+    if x2 < x1 or y2 < y1:
+        raise SppDetError(f"{path}: {what} has a negative size: xyxy {box}")
+    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+        raise SppDetError(f"{path}: {what} xyxy {[round(v, 2) for v in box]} lies outside its "
+                          f"{width}x{height} image")
+    clipped = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width),
+               min(max(y2, 0.0), height)]
+    return clipped, clipped != [float(v) for v in box]
+
+
 class DetectionDataset:
     """A list of :class:`Target` plus the class names; images are read on access.
 
     ``dataset[i]`` -> ``(image (H, W, 3) uint8 RGB, Target)``.
+    ``known_classes``: every class name the annotations could carry (the data set's own
+    list plus any name met in its files); ``dataset.classes`` picks some of them.
+    ``skipped``: objects left out on load, by reason (e.g. "outside dataset.classes: dog"),
+    reported once by :meth:`report_skipped`.
     """
 
-    def __init__(self, name: str, classes: list[str], targets: list[Target]) -> None:
+    def __init__(self, name: str, classes: list[str], targets: list[Target],
+                 known_classes: list[str] | None = None, skipped: dict[str, int] | None = None) -> None:
         self.name = name
         self.classes = list(classes)
         self.targets = targets
+        self.known_classes = sorted(set(known_classes or []) | set(self.classes))
+        self.skipped = dict(skipped or {})
+
+    def report_skipped(self, source: str) -> None:
+        """One warning listing what was left out on load (nothing is skipped silently):
+        per reason the count, and the most frequent names where the reason has them."""
+        if not self.skipped:
+            return
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for key, n in self.skipped.items():
+            reason, _, name = key.partition(": ")
+            groups.setdefault(reason, []).append((n, name))
+        parts = []
+        for reason, items in groups.items():
+            total = sum(n for n, _ in items)
+            named = sorted((item for item in items if item[1]), reverse=True)
+            top = ", ".join(f"{name} {n}" for n, name in named[:6]) + (", ..." if len(named) > 6 else "")
+            parts.append(f"{total} {reason}" + (f" ({top})" if top else ""))
+        log.warning("dataset '%s' (%s): object(s) left out on load: %s", self.name, source, "; ".join(parts))
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -78,7 +147,37 @@ class DetectionDataset:
 
     def subset(self, indices: list[int]) -> "DetectionDataset":
         """A view on some of the images (same classes), e.g. a validation split."""
-        sub = DetectionDataset.__new__(type(self))
-        sub.__dict__.update(self.__dict__)
+        sub = copy.copy(self)  # keeps the attributes of subclasses (COCO's api, label map)
         sub.targets = [self.targets[i] for i in indices]
         return sub
+
+    def digests(self) -> dict[str, Path]:
+        """Content digest -> file of every readable image (see :func:`image_digest`);
+        unreadable files are left out here and reported where they are used."""
+        out = {}
+        for t in self.targets:
+            try:
+                out.setdefault(image_digest(t.path), t.path)
+            except SppDetError:
+                pass
+        return out
+
+    def check_disjoint(self, train_digests: set[str] | dict, what: str) -> None:
+        """An error when any image of this data set is also a training image (same
+        content): a score on images the model was trained on is not a test score."""
+        shared = [path for d, path in self.digests().items() if d in train_digests]
+        if shared:
+            raise SppDetError(f"dataset '{self.name}': {len(shared)} image(s) of {what} are also training "
+                              f"images (first: {shared[0]}); test on images the model never saw "
+                              f"(disjoint splits, or disjoint subset/test_subset)")
+
+    def take(self, subset: list | tuple | None) -> "DetectionDataset":
+        """``subset`` = None (all) or [start, stop) image positions (slice semantics)."""
+        if subset is None:
+            return self
+        start, stop = (None if v is None else int(v) for v in subset)
+        indices = list(range(len(self)))[start:stop]
+        if not indices:
+            raise SppDetError(f"dataset '{self.name}': subset {list(subset)} selects no image "
+                              f"out of {len(self)}")
+        return self.subset(indices)

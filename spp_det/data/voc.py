@@ -7,6 +7,7 @@ VOC evaluator converts back (``boxes.xyxy_to_voc``).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -14,7 +15,7 @@ import torch
 
 from ..boxes import voc_to_xyxy
 from ..errors import SppDetError
-from .sample import DetectionDataset, Target
+from .sample import DetectionDataset, Target, check_box
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -24,10 +25,10 @@ VOC_CLASSES = [
 
 
 def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
-                  image_id: str) -> Target:
-    """Parse one VOC XML file. Objects of classes not in ``class_to_label`` are dropped
-    (a data set restricted to a subset of classes); unknown names are not an error for
-    that reason, but malformed boxes are."""
+                  image_id: str, skipped: Counter | None = None) -> Target:
+    """Parse one VOC XML file. Objects whose name is not in ``class_to_label`` are left
+    out and counted in ``skipped`` (by name); a malformed box, a negative size or a box far
+    outside the image is an error naming the file and the object."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
@@ -39,39 +40,55 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
     except (AttributeError, TypeError, ValueError) as exc:
         raise SppDetError(f"{path}: missing or bad <size><width>/<height>") from exc
     boxes, labels, ignore = [], [], []
-    for obj in root.iter("object"):
+    for k, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
+            if skipped is not None:
+                skipped[f"outside dataset.classes: {name or '<no name>'}"] += 1
             continue
         bb = obj.find("bndbox")
         try:
             xyxy = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (AttributeError, TypeError, ValueError) as exc:
-            raise SppDetError(f"{path}: object '{name}' has a missing or bad <bndbox>") from exc
+            raise SppDetError(f"{path}: object {k} '{name}' has a missing or bad <bndbox>") from exc
         if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
-            raise SppDetError(f"{path}: object '{name}' has xmax < xmin or ymax < ymin: {xyxy}")
-        boxes.append(xyxy)
+            raise SppDetError(f"{path}: object {k} '{name}' has xmax < xmin or ymax < ymin: {xyxy}")
+        # checked in 0-based continuous pixels (boxes.voc_to_xyxy is the one conversion)
+        box = voc_to_xyxy(torch.tensor([xyxy]))[0].tolist()
+        box, clipped = check_box(path, f"object {k} '{name}'", box, height, width)
+        if clipped and skipped is not None:
+            skipped["clipped to the image (kept)"] += 1
+        boxes.append(box)
         labels.append(class_to_label[name])
         ignore.append(int(obj.findtext("difficult") or 0) == 1)
-    box_t = voc_to_xyxy(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    return Target(image_id=image_id, path=image_path, height=height, width=width, boxes=box_t,
+    return Target(image_id=image_id, path=image_path, height=height, width=width,
+                  boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                   labels=torch.tensor(labels, dtype=torch.int64),
                   ignore=torch.tensor(ignore, dtype=torch.bool))
 
 
+def names_in_annotations(skipped: Counter) -> set[str]:
+    """Class names met (and left out) while parsing, from ``skipped``'s keys."""
+    prefix = "outside dataset.classes: "
+    return {k[len(prefix):] for k in skipped if k.startswith(prefix)}
+
+
 def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[str] | None = None,
-             name: str = "voc") -> DetectionDataset:
+             name: str = "voc", default_classes: list[str] = VOC_CLASSES) -> DetectionDataset:
     """Load VOC-layout parts.
 
     root: folder that holds the year folders (e.g. ``data/VOCdevkit``).
     parts: (dir, split) pairs, e.g. ``[("VOC2007", "trainval"), ("VOC2012", "trainval")]``.
-    classes: class names in label order (1..C); VOC's 20 by default.
+    classes: class names in label order (1..C); ``default_classes`` (VOC's 20) when None.
+    A name in ``classes`` that is neither a default class nor met in any annotation is an
+    error listing the known names (a typo would otherwise train with no positives).
     Image ids are the file stems; they must be unique across parts.
     """
-    classes = list(classes or VOC_CLASSES)
+    classes = list(classes or default_classes)
     class_to_label = {c: i + 1 for i, c in enumerate(classes)}
     root = Path(root)
     targets: list[Target] = []
+    skipped: Counter = Counter()
     seen: dict[str, Path] = {}
     for sub, split in parts:
         base = root / sub
@@ -90,5 +107,11 @@ def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[s
             image = base / "JPEGImages" / f"{stem}.jpg"
             if not xml.is_file():
                 raise SppDetError(f"{xml}: annotation listed in {split_file} is missing")
-            targets.append(parse_voc_xml(xml, class_to_label, image, stem))
-    return DetectionDataset(name, classes, targets)
+            targets.append(parse_voc_xml(xml, class_to_label, image, stem, skipped))
+    known = set(default_classes) | names_in_annotations(skipped) | {
+        classes[i] for t in targets for i in (t.labels - 1).tolist()}
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise SppDetError(f"dataset '{name}': unknown class name(s) {unknown} in dataset.classes; "
+                          f"known: {sorted(known)}")
+    return DetectionDataset(name, classes, targets, sorted(known), dict(skipped))

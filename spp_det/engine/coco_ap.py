@@ -36,9 +36,13 @@ def coco_evaluate(coco_gt: COCO, results: list[dict], image_ids: list[int] | Non
         ev.summarize()
     stats = {k: float(v) for k, v in zip(COCO_STAT_NAMES, ev.stats)}
     # precision: (T iou, R recall, K cat, A area, M maxdets); area 'all', 100 dets.
+    # Axis K follows ev.params.catIds, which COCOeval.evaluate() re-sorts (np.unique), not
+    # the order the caller gave: index it by that list, then report in the caller's order.
     prec = ev.eval["precision"][:, :, :, 0, -1]
+    position = {int(cid): k for k, cid in enumerate(ev.params.catIds)}
     per_cat = {}
-    for k, cid in enumerate(cat_ids):
+    for cid in cat_ids:
+        k = position[int(cid)]
         p = prec[:, :, k]
         p = p[p > -1]
         per_cat[cid] = float(p.mean()) if p.size else float("nan")

@@ -10,6 +10,8 @@ and ``category_id`` the class name.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 from ..boxes import xywh_to_xyxy, xyxy_to_xywh
 from ..data import CocoDetection, DetectionDataset
 from ..errors import SppDetError
+
+log = logging.getLogger(__name__)
 
 
 def category_ids(dataset: DetectionDataset) -> list:
@@ -41,25 +45,62 @@ def to_results(dataset: DetectionDataset, detections: list[dict]) -> list[dict]:
     return [r for target, det in zip(dataset.targets, detections) for r in image_results(target.image_id, det, cats)]
 
 
+def _known_categories(dataset: DetectionDataset) -> set:
+    """Every category_id a results file may name for this data set: COCO ids of the
+    annotation file, or the class names the VOC layout knows."""
+    if isinstance(dataset, CocoDetection):
+        return set(dataset.all_cat_ids)
+    return set(dataset.known_classes)
+
+
+def _check_entry(r, n: int, source: str, index: dict, known: set) -> tuple[int, object, list[float], float]:
+    """One results entry -> (image position, category_id, [x, y, w, h], score); anything
+    malformed is an error naming the file, the entry index and the problem."""
+    where = f"{source}: entry {n}"
+    if not isinstance(r, dict):
+        raise SppDetError(f"{where} is not an object: {r!r}")
+    for key in ("image_id", "category_id", "bbox", "score"):
+        if key not in r:
+            raise SppDetError(f"{where} has no '{key}'")
+    if r["image_id"] not in index:
+        raise SppDetError(f"{where}: image_id {r['image_id']!r} is not an image of the evaluated split")
+    if r["category_id"] not in known:
+        raise SppDetError(f"{where}: unknown category_id {r['category_id']!r}")
+    try:
+        box = [float(v) for v in r["bbox"]]
+        score = float(r["score"])
+    except (TypeError, ValueError):
+        raise SppDetError(f"{where}: 'bbox' must be 4 numbers and 'score' a number: {r}") from None
+    if len(box) != 4:
+        raise SppDetError(f"{where}: 'bbox' must be [x, y, w, h], got {len(box)} numbers")
+    if not all(math.isfinite(v) for v in box):
+        raise SppDetError(f"{where}: 'bbox' {r['bbox']} is not finite")
+    if not math.isfinite(score):
+        raise SppDetError(f"{where}: 'score' is {score}")
+    if box[2] < 0 or box[3] < 0:
+        raise SppDetError(f"{where}: 'bbox' {r['bbox']} has a negative width or height")
+    return index[r["image_id"]], r["category_id"], box, score
+
+
 def from_results(dataset: DetectionDataset, results: list[dict], source: str = "detections") -> list[dict]:
-    """Results list -> per-image detections aligned with ``dataset.targets``. Entries of
-    categories outside the data set's classes are dropped (a class-restricted evaluation);
-    an image id the data set does not know is an error."""
+    """Results list -> per-image detections aligned with ``dataset.targets``.
+
+    Every entry is checked (``_check_entry``). Entries of categories the data set knows
+    but its ``classes`` leave out are dropped, counted and reported once (a class-restricted
+    evaluation); an unknown image or category id is an error."""
     cat_to_label = {c: i for i, c in enumerate(category_ids(dataset)) if i > 0}
     index = {t.image_id: i for i, t in enumerate(dataset.targets)}
+    known = _known_categories(dataset)
     per_image: list[list] = [[] for _ in dataset.targets]
+    dropped = 0
     for n, r in enumerate(results):
-        try:
-            i = index[r["image_id"]]
-            label = cat_to_label.get(r["category_id"])
-            box, score = [float(v) for v in r["bbox"]], float(r["score"])
-        except KeyError as exc:
-            raise SppDetError(f"{source}: entry {n} has unknown or missing {exc} "
-                              f"(image ids must be those of dataset '{dataset.name}')") from exc
-        except (TypeError, ValueError) as exc:
-            raise SppDetError(f"{source}: entry {n} is malformed: {r}") from exc
-        if label is not None:
-            per_image[i].append((box, score, label))
+        i, cat, box, score = _check_entry(r, n, source, index, known)
+        if cat in cat_to_label:
+            per_image[i].append((box, score, cat_to_label[cat]))
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("%s: %d detection(s) of categories outside dataset.classes left out", source, dropped)
     out = []
     for dets in per_image:
         boxes = torch.tensor([d[0] for d in dets], dtype=torch.float32).reshape(-1, 4)

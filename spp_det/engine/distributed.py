@@ -6,6 +6,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..errors import SppDetError
+
 
 def init_distributed(device: str) -> tuple[int, int]:
     """(rank, world size). Starts the process group when launched by torchrun
@@ -33,3 +35,22 @@ def gather_lists(items: list, world: int) -> list[list]:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def raise_if_any_failed(error: BaseException | None, world: int) -> None:
+    """Collective: every rank passes the exception it met (or None) at the same point.
+    If any rank failed, every rank raises, so no rank is left waiting in a later
+    collective for one that has gone: the failing rank re-raises its own exception (its
+    traceback intact), the others a SppDetError naming that rank and its message. With
+    one process this simply re-raises ``error``."""
+    if world == 1:
+        if error is not None:
+            raise error
+        return
+    messages: list = [None] * world
+    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    for rank, msg in enumerate(messages):
+        if msg is not None:
+            raise SppDetError(f"rank {rank} failed: {msg}")

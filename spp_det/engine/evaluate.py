@@ -1,16 +1,22 @@
 """Score per-image detections against a data set: VOC (devkit) or COCO (pycocotools)."""
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..boxes import xyxy_to_voc
 from ..data import CocoDetection, DetectionDataset
 from ..errors import SppDetError
 from .coco_ap import coco_evaluate
-from .detections import to_results
+from ..visualize import pr_grid
+from .detections import to_results, write_json_atomic
 from .voc_ap import ClassResult, voc_eval_class
+
+log = logging.getLogger(__name__)
 
 METRICS = ("voc07", "voc10", "coco")
 
@@ -76,3 +82,20 @@ def format_table(metrics: dict) -> str:
     if "stats" in metrics:
         rows.append("  ".join(f"{k}={v:.4f}" for k, v in metrics["stats"].items()))
     return "\n".join(rows)
+
+
+def score_and_report(dataset: DetectionDataset, detections: list[dict], metric: str,
+                     out_dir: Path, plot: bool = True, extra: dict | None = None) -> dict:
+    """Evaluate, print the table, write metrics.json (metrics plus ``extra``) and
+    pr_curves.png into ``out_dir``."""
+    metrics, curves = evaluate(dataset, detections, metric)
+    metrics.update(extra or {})
+    table = format_table(metrics)
+    print(table)
+    log.info("\n%s", table)
+    write_json_atomic(Path(out_dir) / "metrics.json", metrics)
+    if plot and curves:
+        grid = pr_grid({n: (c.recall, c.precision, metrics["AP"][n]) for n, c in curves.items()})
+        cv2.imwrite(str(Path(out_dir) / "pr_curves.png"), grid)
+    log.info("wrote %s", Path(out_dir) / "metrics.json")
+    return metrics

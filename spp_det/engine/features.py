@@ -1,8 +1,10 @@
 """Disk cache of frozen-trunk feature maps (the released code's conv5 cache).
 
-One file per (trunk weights, image, scale, flip): float16 (C, H', W') plus the resize
-factors, written atomically. Keyed by a digest of the trunk's weights, so another trunk
-or checkpoint never reads stale maps.
+One file per (trunk weights, image content, resize rule, flip): float16 (C, H', W') plus
+the resize factors, written atomically. Keyed by what determines the map and nothing
+else: a digest of the trunk's weights and normalisation (another trunk or checkpoint
+never reads stale maps), the digest of the image file's bytes (two data sets whose ids
+overlap, or a regenerated set, never share a map), the scale and the long-side cap.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data import image_digest
 from ..models import FeatureMap, SPPNet
 
 
@@ -27,8 +30,8 @@ def trunk_digest(model: SPPNet) -> str:
 
 
 class FeatureCache:
-    """get(key, load_image, scale, flip) -> FeatureMap, computed with the model's trunk on
-    a miss and stored; the image is only decoded on a miss. Recently used maps also stay
+    """get(image_path, load_image, scale, flip) -> FeatureMap, computed with the model's
+    trunk on a miss and stored; the image is only decoded on a miss. Recently used maps also stay
     in memory (LRU, ``memory_mb``), so a small data set is read from disk once.
     ``computed`` counts trunk runs, ``loaded`` disk reads (tests use them)."""
 
@@ -51,13 +54,16 @@ class FeatureCache:
             old = self._memory.popitem(last=False)[1][0]
             self._held -= old.numel() * old.element_size()
 
-    def path(self, key: str, scale: int, flip: bool) -> Path:
-        return self.dir / f"{key}_s{scale}{'_f' if flip else ''}.pt"
+    def path(self, image_path: str | Path, scale: int, flip: bool) -> Path:
+        key = image_digest(image_path)
+        return self.dir / key[:2] / f"{key}_s{scale}_m{self.model.max_size}{'_f' if flip else ''}.pt"
 
     @torch.no_grad()
-    def get(self, key: str, load_image: Callable[[], np.ndarray], scale: int, flip: bool) -> FeatureMap:
-        """load_image() -> (H, W, 3) uint8 RGB, NOT flipped (the flip is applied here)."""
-        path = self.path(key, scale, flip)
+    def get(self, image_path: str | Path, load_image: Callable[[], np.ndarray], scale: int,
+            flip: bool) -> FeatureMap:
+        """image_path: the image's file (its content is the key); load_image() -> its
+        pixels, (H, W, 3) uint8 RGB, NOT flipped (the flip is applied here)."""
+        path = self.path(image_path, scale, flip)
         if path.name in self._memory:
             self._memory.move_to_end(path.name)
             feats, fx, fy = self._memory[path.name]
@@ -78,6 +84,7 @@ class FeatureCache:
         fm = self.model.compute_features(img, (scale,))[0]
         self.model.trunk.train(was_training)
         self.computed += 1
+        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save({"features": fm.features.to(self.dtype).cpu(), "fx": fm.fx, "fy": fm.fy}, tmp)
         os.replace(tmp, path)

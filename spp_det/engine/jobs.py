@@ -7,43 +7,13 @@ from pathlib import Path
 import cv2
 from omegaconf import DictConfig
 
-from ..data import DetectionDataset, build_dataset
+from ..data import build_dataset
 from ..errors import SppDetError
-from ..visualize import pr_grid
 from .cli import run_dir
 from .detections import from_results, image_results, load_results, write_json_atomic
-from .evaluate import evaluate, format_table
+from .evaluate import score_and_report
 
 log = logging.getLogger(__name__)
-
-
-def take_subset(dataset: DetectionDataset, subset) -> DetectionDataset:
-    """``subset`` = null (all) or [start, stop) image positions (python slice semantics)."""
-    if subset is None:
-        return dataset
-    start, stop = (None if v is None else int(v) for v in subset)
-    indices = list(range(len(dataset)))[start:stop]
-    if not indices:
-        raise SppDetError(f"dataset '{dataset.name}': subset {list(subset)} selects no image "
-                          f"out of {len(dataset)}")
-    return dataset.subset(indices)
-
-
-def score_and_report(dataset: DetectionDataset, detections: list[dict], metric: str,
-                     out_dir: Path, plot: bool = True, extra: dict | None = None) -> dict:
-    """Evaluate, print the table, write metrics.json (metrics plus ``extra``) and
-    pr_curves.png into ``out_dir``."""
-    metrics, curves = evaluate(dataset, detections, metric)
-    metrics.update(extra or {})
-    table = format_table(metrics)
-    print(table)
-    log.info("\n%s", table)
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    if plot and curves:
-        grid = pr_grid({n: (c.recall, c.precision, metrics["AP"][n]) for n, c in curves.items()})
-        cv2.imwrite(str(out_dir / "pr_curves.png"), grid)
-    log.info("wrote %s", out_dir / "metrics.json")
-    return metrics
 
 
 def evaluate_job(cfg: DictConfig) -> dict:
@@ -52,7 +22,7 @@ def evaluate_job(cfg: DictConfig) -> dict:
     if (cfg.detections is None) == (cfg.checkpoint is None):
         raise SppDetError("give exactly one of detections=<file> or checkpoint=<file>")
     if cfg.detections is not None:
-        dataset = take_subset(build_dataset(cfg.dataset, cfg.split), cfg.subset)
+        dataset = build_dataset(cfg.dataset, cfg.split).take(cfg.subset)
         detections = from_results(dataset, load_results(cfg.detections), str(cfg.detections))
         return score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot)
     from .inference import evaluate_checkpoint  # the model is only needed on this path
@@ -71,21 +41,22 @@ def propose_job(cfg: DictConfig) -> dict | None:
 
     out_dir = run_dir()
     dataset = build_dataset(cfg.dataset, cfg.split)
-    store, ss = build_proposals(cfg.proposals, dataset.name, cfg.split)
+    store, ss = build_proposals(cfg.proposals)
     if cfg.import_file:
         path = Path(cfg.import_file)
-        n = store.import_mat(path) if path.suffix == ".mat" else store.import_pickle(path)
+        paths = {t.image_id: t.path for t in dataset.targets}
+        n = store.import_mat(path, paths) if path.suffix == ".mat" else store.import_pickle(path, paths)
         print(f"imported proposals of {n} images from {path} into {store.dir}")
         return None
-    items = shard_items([(t.image_id, t.path) for t in dataset.targets], cfg.shard, cfg.num_shards)
     targets = shard_items(dataset.targets, cfg.shard, cfg.num_shards)
+    items = [t.path for t in targets]
     stats = compute_missing(store, items, ss, workers=cfg.workers)
     print(f"{dataset.name}/{cfg.split} shard {cfg.shard}/{cfg.num_shards}: {stats.computed} computed "
           f"({stats.seconds_per_image:.2f} s/image on one core), {stats.cached} already cached, "
           f"{len(stats.failed)} failed -> {store.dir}")
     if stats.failed:
         raise SppDetError(f"{len(stats.failed)} image(s) failed, first: {stats.failed[0]}")
-    keep = [(torch.from_numpy(store.get(t.image_id)), t.boxes[~t.ignore]) for t in targets]
+    keep = [(torch.from_numpy(store.get(t.path)), t.boxes[~t.ignore]) for t in targets]
     if not any(len(g) for _, g in keep):
         return None  # no ground truth: nothing to measure
     recall = proposal_recall([p for p, _ in keep], [g for _, g in keep])
@@ -103,26 +74,19 @@ def propose_job(cfg: DictConfig) -> dict | None:
     return recall
 
 
-def file_digest(path: Path) -> str:
-    """Content hash of a file: the proposal cache key for loose images (a renamed or
-    copied file reuses its windows, an edited one does not)."""
-    import hashlib
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def detect_job(cfg: DictConfig) -> list[str]:
-    """scripts/detect.py. Returns the list of failures ("path: reason")."""
+    """scripts/detect.py. Returns the list of failures ("path: reason").
+
+    Results carry each image's name (its path relative to the input) as ``image_id``;
+    pictures go to ``output/<name>`` (see ``data.output_names``). An image that fails,
+    for whatever reason, is named and the others' results are still written."""
     import sys
 
     import torch
     from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from ..data import list_images, read_image
+    from ..data import list_images, output_names, read_image
     from ..proposals import build_proposals, compute_missing
     from ..visualize import draw_detections
     from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -130,41 +94,43 @@ def detect_job(cfg: DictConfig) -> list[str]:
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt, cfg.device)
     classes = list(ckpt["classes"])
-    files = list_images(cfg.input)
+    entries = list_images(cfg.input)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
-    store, ss = build_proposals(prop_cfg, "files", "content")
-    failures: list[str] = []
-    keys = {}
-    for f in files:
-        try:
-            keys[f] = file_digest(f)
-        except OSError as exc:
-            failures.append(f"{f}: cannot read ({exc.strerror})")
-    stats = compute_missing(store, [(keys[f], f) for f in files if f in keys], ss, workers=cfg.workers)
-    failures += stats.failed
+    store, ss = build_proposals(prop_cfg)
+    stats = compute_missing(store, [f for f, _ in entries], ss, workers=cfg.workers)
+    failures: list[str] = list(stats.failed)
     results = []
     scales = tuple(cfg.scales) if cfg.scales else None
     cats = [None] + classes
-    for f in tqdm([f for f in files if f in keys], desc="detect", unit="img", file=sys.stderr):
-        boxes = store.get(keys[f])
-        if boxes is None:
-            continue  # its search failed: already in ``failures``
+    todo = [(f, name, pic) for (f, name), pic in zip(entries, output_names([n for _, n in entries]))]
+    for f, name, pic in tqdm(todo, desc="detect", unit="img", file=sys.stderr):
         try:
+            boxes = store.get(f)
+            if boxes is None:
+                continue  # its selective search failed: already in ``failures``
             image = read_image(f)
+            det = model.predict(image, torch.from_numpy(boxes), scales=scales, score_thresh=cfg.score_thresh,
+                                nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
+            target = out / pic
+            target.parent.mkdir(parents=True, exist_ok=True)
+            drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
+            if not cv2.imwrite(str(target), drawn):
+                raise SppDetError(f"{target}: could not write the picture")
         except SppDetError as exc:
-            failures.append(str(exc))
+            if str(exc) not in failures:
+                failures.append(str(exc))
             continue
-        boxes = torch.from_numpy(boxes)
-        det = model.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
-                            nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
-        cv2.imwrite(str(out / f"{f.stem}.jpg"), draw_detections(image, det["boxes"], det["labels"], det["scores"], classes))
-        results += image_results(f.name, det, cats)
+        except Exception as exc:  # a bug or an odd image: name it, keep the other images' results
+            log.exception("%s: detection failed", f)
+            failures.append(f"{f}: detection failed ({type(exc).__name__}: {exc})")
+            continue
+        results += image_results(name, det, cats)
     write_json_atomic(out / "detections.json", results)
     for msg in failures:
         print(f"error: {msg}", file=sys.stderr)
         log.error("%s", msg)
-    print(f"{len(files) - len(failures)} image(s) processed, {len(failures)} failed, "
+    print(f"{len(entries) - len(failures)} image(s) processed, {len(failures)} failed, "
           f"{len(results)} detections -> {out}")
     return failures

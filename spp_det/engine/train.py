@@ -29,10 +29,11 @@ from ..models import SPPNet, build_detector
 from ..proposals import build_proposals, compute_missing
 from .checkpoint import load_checkpoint, save_checkpoint
 from .detections import to_results, write_json_atomic
-from .distributed import barrier, init_distributed
-from .evaluate import evaluate
+from .distributed import gather_lists, init_distributed, raise_if_any_failed
+from .evaluate import evaluate, score_and_report
 from .features import FeatureCache
-from .inference import detect_dataset
+from .inference import detect_dataset, report_failures
+
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def detection_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Ten
     fg = (labels > 0).nonzero().squeeze(1)
     if len(fg) == 0:
         return cls, deltas.sum() * 0.0
-    pred = deltas[fg].view(len(fg), -1, 4)[torch.arange(len(fg)), labels[fg] - 1]
+    pred = deltas[fg].view(len(fg), -1, 4)[torch.arange(len(fg), device=fg.device), labels[fg] - 1]
     box = F.smooth_l1_loss(pred, targets[fg], beta=1.0, reduction="sum") / max(1, len(labels))
     return cls, box
 
@@ -151,6 +152,19 @@ def split_train_val(dataset: DetectionDataset, val_fraction: float, seed: int) -
     return dataset.subset(sorted(order[n_val:])), dataset.subset(sorted(order[:n_val]))
 
 
+def check_frozen_trunk(cfg: DictConfig) -> None:
+    """A frozen trunk must bring learned weights: frozen random conv features train
+    without complaint and give a weak detector nobody asked for."""
+    t, tc = cfg.model.trunk, cfg.train
+    if tc.finetune_conv or t.get("pretrained") or t.get("weights_path") or tc.get("allow_random_frozen_trunk"):
+        return
+    raise SppDetError(
+        f"model.trunk '{t.name}' has no learned weights (pretrained=false, weights_path=null) but "
+        f"train.finetune_conv=false keeps it frozen: the heads would learn on random conv features. "
+        f"Give model.trunk.weights_path=<file> (or pretrained=true), train end to end (train=finetune), "
+        f"or set train.allow_random_frozen_trunk=true if that is what you want")
+
+
 class Trainer:
     """Owns the model, solver, sampler and caches of one training run."""
 
@@ -162,56 +176,83 @@ class Trainer:
                                    else f"cuda:{torch.cuda.current_device()}")
         tc = cfg.train
         torch.manual_seed(cfg.seed)
-        full = build_dataset(cfg.dataset, "train")
-        if tc.get("subset") is not None:
-            from .jobs import take_subset
-            full = take_subset(full, tc.subset)
+        self.finetune = bool(tc.finetune_conv)
+        check_frozen_trunk(cfg)
+        full = build_dataset(cfg.dataset, "train").take(tc.get("subset"))
         self.train_set, self.val_set = split_train_val(full, tc.val_fraction, cfg.seed)
         self.classes = full.classes
+        self.train_images = sorted(full.digests())  # checked against test splits, here and in eval
         self.model: SPPNet = build_detector(cfg.model, len(self.classes)).to(self.device)
-        self.finetune = bool(tc.finetune_conv)
         if self.finetune:
             for p in self.model.trunk.parameters():
                 p.requires_grad_(True)
         else:
             self.model.trunk.freeze(freeze_bn=True)  # maps come from the cache, computed once
-        self.store, self.ss = build_proposals(cfg.proposals, full.name, "train")
+        self.store, self.ss = build_proposals(cfg.proposals)
         self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model,
                                                                 memory_mb=tc.get("feature_memory_mb", 1024))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_solver(params, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
-        self.rng = random.Random(cfg.seed * 1000 + self.rank)  # window sampling, flips, scales
+        # Each rank draws its own stream (window sampling, flips, scales; dropout), saved
+        # and restored per rank. Rank 0 keeps the single-process torch stream, so one
+        # process gives the same run as before DDP was considered.
+        self.rng = random.Random(cfg.seed * 1000 + self.rank)
+        if self.rank > 0:
+            torch.manual_seed(cfg.seed * 1000 + self.rank)
+        self.skipped: dict[str, str] = {}  # image path -> why it was left out of training
         self.iteration = 0
         self.best = -float("inf")
         self.history: list[dict] = []
 
     # ---- data ---------------------------------------------------------------------------
     def prepare_windows(self, dataset: DetectionDataset) -> list[ImageWindows]:
-        """Proposals for every image (computed in parallel if missing), labelled."""
+        """Proposals for every image (computed in parallel if missing), labelled. An image
+        whose proposals cannot be had (unreadable file) is named, skipped and counted."""
+        error = None
         if self.rank == 0:
-            items = [(t.image_id, t.path) for t in dataset.targets]
-            stats = compute_missing(self.store, items, self.ss, workers=self.cfg.get("workers"))
-            if stats.failed:
-                raise SppDetError(f"{len(stats.failed)} training image(s) unreadable, first: {stats.failed[0]}")
-        barrier(self.world)
+            try:
+                compute_missing(self.store, [t.path for t in dataset.targets], self.ss,
+                                workers=self.cfg.get("workers"))
+            except Exception as exc:  # shared below, so no rank waits for rank 0 forever
+                error = exc
+        raise_if_any_failed(error, self.world)
         tc = self.cfg.train
         entries = []
         for i, t in enumerate(dataset.targets):
+            try:
+                boxes = self.store.get(t.path)
+            except SppDetError as exc:
+                self.skip_image(t.path, str(exc))
+                continue
+            if boxes is None:
+                self.skip_image(t.path, "no proposals (its selective search failed, see above)")
+                continue
             keep = torch.ones(len(t.boxes), dtype=torch.bool) if tc.use_difficult else ~t.ignore
             gt, gt_labels = t.boxes[keep], t.labels[keep]
-            windows = torch.from_numpy(self.store.get(t.image_id))
+            windows = torch.from_numpy(boxes)
             if tc.include_gt:
                 windows = torch.cat([gt, windows])
             entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou)))
+        if not entries:
+            raise SppDetError(f"dataset '{dataset.name}': no usable training image "
+                              f"({len(self.skipped)} skipped, first: {next(iter(self.skipped.items()), '')})")
         return entries
+
+    def skip_image(self, path, reason: str) -> None:
+        """Leave one image out of training, named once in the log (counted at the end)."""
+        if str(path) not in self.skipped:
+            self.skipped[str(path)] = reason
+            log.warning("training without %s: %s", path, reason)
 
     def batch(self, dataset: DetectionDataset, samples: list[tuple[ImageWindows, torch.Tensor]]):
         """Model inputs, boxes, map indices, labels and regression targets of a batch."""
         inputs, boxes, index, labels, targets = [], [], [], [], []
         scales = self.model.train_scales
         for e, sel in samples:
+            if str(dataset.targets[e.index].path) in self.skipped:
+                continue
             flip = bool(self.cfg.train.flip) and self.rng.random() < 0.5
             win, gt = e.windows[sel], e.gt
             if flip:
@@ -222,30 +263,48 @@ class Trainer:
             if fg.any():
                 tgt[fg] = self.model.box_coder.encode(gt[e.gt_index[sel][fg]], win[fg])
             target = dataset.targets[e.index]
-            if self.finetune:  # one random scale per image, trunk runs with gradients
-                image = dataset[e.index][0]
-                s = scales[self.rng.randrange(len(scales))]
-                img = np.ascontiguousarray(image[:, ::-1]) if flip else image
-                x, fx, fy = self.model.prepare(img, s)
-                inputs.append((x, fx, fy))
-                index.append(torch.full((len(sel),), len(inputs) - 1, dtype=torch.long))
-            else:  # each window at its own random scale, maps from the disk cache
-                choice = torch.tensor([self.rng.randrange(len(scales)) for _ in range(len(sel))], dtype=torch.long)
-                idx = torch.empty(len(sel), dtype=torch.long)
-                for c in choice.unique().tolist():
-                    fm = self.features.get(str(target.image_id), lambda i=e.index: dataset[i][0], scales[c], flip)
-                    fm.features = fm.features.to(self.device)
-                    inputs.append(fm)
-                    idx[choice == c] = len(inputs) - 1
-                index.append(idx)
+            try:
+                if self.finetune:  # one random scale per image, trunk runs with gradients
+                    image = dataset[e.index][0]
+                    s = scales[self.rng.randrange(len(scales))]
+                    img = np.ascontiguousarray(image[:, ::-1]) if flip else image
+                    x, fx, fy = self.model.prepare(img, s)
+                    new_inputs = [(x, fx, fy)]
+                    idx = torch.full((len(sel),), len(inputs), dtype=torch.long)
+                else:  # each window at its own random scale, maps from the disk cache
+                    choice = torch.tensor([self.rng.randrange(len(scales)) for _ in range(len(sel))])
+                    idx = torch.empty(len(sel), dtype=torch.long)
+                    new_inputs = []
+                    for c in choice.unique().tolist():
+                        fm = self.features.get(target.path, lambda i=e.index: dataset[i][0], scales[c], flip)
+                        fm.features = fm.features.to(self.device)
+                        new_inputs.append(fm)
+                        idx[choice == c] = len(inputs) + len(new_inputs) - 1
+            except SppDetError as exc:  # e.g. an image that became unreadable: skip it, go on
+                self.skip_image(target.path, str(exc))
+                continue
+            inputs += new_inputs
+            index.append(idx)
             boxes.append(win)
             labels.append(lab)
             targets.append(tgt)
+        if not boxes:
+            return None  # every image of this draw was skipped: the caller draws again
         return (inputs, torch.cat(boxes), torch.cat(index), torch.cat(labels).to(self.device),
                 torch.cat(targets).to(self.device))
 
+    def next_batch(self, dataset: DetectionDataset, sampler: "WindowSampler"):
+        for _ in range(100):
+            batch = self.batch(dataset, sampler.sample())
+            if batch is not None:
+                return batch
+        raise SppDetError(f"dataset '{dataset.name}': 100 draws in a row found only skipped images "
+                          f"({len(self.skipped)} skipped)")
+
     # ---- checkpoints ----------------------------------------------------------------------
-    def payload(self, with_state: bool = True) -> dict:
+    def payload(self, rng_states: list | None = None) -> dict:
+        """What a checkpoint holds. ``rng_states``: every rank's random state (from
+        :meth:`gather_rng_states`) for a resumable last.pt; None for weights only."""
         p = {"model": self.model.state_dict(), "classes": list(self.classes),
              "model_cfg": OmegaConf.to_container(self.cfg.model, resolve=True),
              "proposals_cfg": OmegaConf.to_container(self.cfg.proposals, resolve=True),
@@ -253,17 +312,22 @@ class Trainer:
              "trunk": self.model.trunk.name,
              "normalization": {"mean": self.model.trunk.mean.flatten().tolist(),
                                "std": self.model.trunk.std.flatten().tolist()},
+             "train_images": self.train_images,
              "iteration": self.iteration, "best": self.best, "history": self.history}
-        if with_state:
+        if rng_states is not None:
             p.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                      "rng_python": self._rng_state(),
-                      "rng_torch": torch.get_rng_state()})
+                      "rng": rng_states})
         return p
 
-    def _rng_state(self) -> list:
-        """random.Random's state as plain lists (what weights-only torch.load accepts)."""
+    def gather_rng_states(self) -> list[dict]:
+        """Collective: every rank's python, torch (and CUDA) random state, in rank order.
+        Each rank resumes its own stream; restoring rank 0's on every rank would make all
+        ranks draw the same batches."""
         version, state, gauss = self.rng.getstate()
-        return [version, list(state), gauss]
+        mine = {"python": [version, list(state), gauss], "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        return [s for part in gather_lists([mine], self.world) for s in part]
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -271,12 +335,19 @@ class Trainer:
             raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from {self.classes}")
         if "optimizer" not in ckpt:
             raise SppDetError(f"{path}: holds weights only (no optimizer state): cannot resume from it")
+        states = ckpt["rng"]
+        if len(states) != self.world:
+            raise SppDetError(f"{path}: written by {len(states)} process(es), resumed with {self.world}: "
+                              f"resume with the same number of processes")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        version, state, gauss = ckpt["rng_python"]
+        mine = states[self.rank]
+        version, state, gauss = mine["python"]
         self.rng.setstate((version, tuple(state), gauss))
-        torch.set_rng_state(ckpt["rng_torch"])
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
         self.iteration, self.best, self.history = ckpt["iteration"], ckpt["best"], list(ckpt["history"])
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -292,16 +363,15 @@ class Trainer:
                                 self.cfg.train.fg_fraction, self.rng)
         losses = []
         for _ in range(int(self.cfg.train.val_batches)):
-            inputs, boxes, index, labels, targets = self.batch(self.val_set, sampler.sample())
+            inputs, boxes, index, labels, targets = self.next_batch(self.val_set, sampler)
             cls, box = detection_loss(*self.model(inputs, boxes, index), labels, targets)
             losses.append(float(cls + box))
         self.rng.setstate(state)
         out = {"iteration": self.iteration, "val_loss": float(np.mean(losses))}
         n = int(self.cfg.train.val_map_images)
         if n > 0:
-            from .jobs import take_subset
-            sub = take_subset(self.val_set, [0, n])
-            dets, _ = detect_dataset(self.model, sub, self.store, self.ss, progress=False)
+            sub = self.val_set.take([0, n])
+            dets, _, _ = detect_dataset(self.model, sub, self.store, self.ss, progress=False)
             out["val_mAP"] = evaluate(sub, dets, self.cfg.dataset.metric)[0]["mAP"]
         self.model.train()
         return out
@@ -324,7 +394,7 @@ class Trainer:
                    disable=self.rank != 0, file=sys.stderr)
         t0, smooth = time.perf_counter(), None
         while self.iteration < max_iter:
-            inputs, boxes, index, labels, targets = self.batch(self.train_set, sampler.sample())
+            inputs, boxes, index, labels, targets = self.next_batch(self.train_set, sampler)
             cls, box = detection_loss(*net(inputs, boxes, index), labels, targets)
             loss = cls + box
             if not torch.isfinite(loss):
@@ -358,14 +428,20 @@ class Trainer:
                 score = v.get("val_mAP", -v["val_loss"])
                 if score > self.best and self.rank == 0:
                     self.best = score
-                    save_checkpoint(ckpt_dir / "best.pt", self.payload(with_state=False))
-            if self.rank == 0 and (self.iteration % tc.checkpoint_every == 0 or self.iteration == max_iter):
-                save_checkpoint(ckpt_dir / "last.pt", self.payload())
+                    save_checkpoint(ckpt_dir / "best.pt", self.payload())
+            if self.iteration % tc.checkpoint_every == 0 or self.iteration == max_iter:
+                states = self.gather_rng_states()  # every rank takes part
+                if self.rank == 0:
+                    save_checkpoint(ckpt_dir / "last.pt", self.payload(states))
         bar.close()
         if writer:
             writer.close()
         if self.rank == 0 and not (ckpt_dir / "best.pt").exists():
-            save_checkpoint(ckpt_dir / "best.pt", self.payload(with_state=False))
+            save_checkpoint(ckpt_dir / "best.pt", self.payload())
+        if self.skipped and self.rank == 0:
+            log.warning("%d image(s) left out of training: %s", len(self.skipped), ", ".join(self.skipped))
+            print(f"warning: {len(self.skipped)} image(s) left out of training (named in the log), "
+                  f"first: {next(iter(self.skipped))}", file=sys.stderr)
         return self.model
 
     def _tensorboard(self):
@@ -379,32 +455,45 @@ class Trainer:
 
 
 def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """scripts/train.py: train, then (optionally) evaluate the final weights on the test
-    split. Returns the test metrics on rank 0."""
-    from .jobs import score_and_report
-
+    """scripts/train.py: train, then (``test_at_end``) evaluate the weights the user is
+    told to use, ``best.pt``, on the test split. Returns the test metrics on rank 0."""
     t0 = time.perf_counter()
     trainer = Trainer(cfg, out_dir)
-    model = trainer.fit()
+    test_set = None
+    if cfg.test_at_end:  # checked before hours of training, not after
+        test_set = build_dataset(cfg.dataset, "test").take(cfg.get("test_subset"))
+        test_set.check_disjoint(set(trainer.train_images), "the test split")
+    trainer.fit()
     train_s = time.perf_counter() - t0
     if trainer.rank == 0:
         log.info("training took %.1f s", train_s)
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
-    if not cfg.test_at_end:
+    if test_set is None:
         return None
-    from .jobs import take_subset
-    test_set = take_subset(build_dataset(cfg.dataset, "test"), cfg.get("test_subset"))
-    store, ss = build_proposals(cfg.proposals, test_set.name, "test")
+    # the README tells users to use best.pt: report those weights, named as such
+    best = load_checkpoint(out_dir / "checkpoints" / "best.pt")
+    model = trainer.model
+    model.load_state_dict(best["model"])
+    weights = f"best.pt, iteration {best['iteration']}"
+    store, ss = trainer.store, trainer.ss
+    error = None
     if trainer.rank == 0:
-        compute_missing(store, [(t.image_id, t.path) for t in test_set.targets], ss, workers=cfg.get("workers"))
-    barrier(trainer.world)
-    dets, timing = detect_dataset(model, test_set, store, ss, rank=trainer.rank, world=trainer.world)
+        try:
+            compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers"))
+        except Exception as exc:
+            error = exc
+    raise_if_any_failed(error, trainer.world)
+    dets, timing, failures = detect_dataset(model, test_set, store, ss, rank=trainer.rank, world=trainer.world)
     if trainer.rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(test_set, dets))
     metrics = score_and_report(test_set, dets, cfg.dataset.metric, out_dir,
-                               extra={"train_seconds": train_s, "total_seconds": time.perf_counter() - t0, **timing})
-    print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f}  (total {metrics['total_seconds']:.0f} s)")
+                               extra={"weights": weights, "train_seconds": train_s,
+                                      "total_seconds": time.perf_counter() - t0, "failed_images": failures,
+                                      **timing})
+    print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f} ({weights})  "
+          f"(total {metrics['total_seconds']:.0f} s)")
+    report_failures(failures)
     return metrics
 
 

@@ -42,6 +42,26 @@ def receptive_geometry(layers: list[nn.Module]) -> tuple[int, float]:
     return stride, centre
 
 
+def min_input_size(layers: list[nn.Module], limit: int = 4096) -> int:
+    """The smallest input side (pixels) for which every conv/pool layer of the chain still
+    has at least one output cell (output = (in + 2p - d(k - 1) - 1) / s + 1, rounded down,
+    or up for ceil-mode pools). Smaller images are padded up to it."""
+    for size in range(1, limit):
+        n = size
+        for layer in layers:
+            if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                continue
+            k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
+            d = _pair0(getattr(layer, "dilation", 1))
+            span = n + 2 * p - d * (k - 1) - 1
+            if span < 0:
+                break
+            n = (-(-span // s) if getattr(layer, "ceil_mode", False) else span // s) + 1
+        else:
+            return size
+    raise ValueError("no input size up to the limit passes this chain of layers")
+
+
 class Trunk(nn.Module):
     """A conv body plus what the detector needs to know about it.
 
@@ -58,6 +78,7 @@ class Trunk(nn.Module):
         self.body = body.to(memory_format=torch.channels_last)
         self.out_channels = out_channels
         self.stride, self.centre0 = receptive_geometry(geometry_layers)
+        self.min_input = min_input_size(geometry_layers)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.bn_frozen = False

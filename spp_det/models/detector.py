@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
@@ -86,13 +87,20 @@ class SPPNet(nn.Module):
     # ---- images -> feature maps -------------------------------------------------------
     def prepare(self, image: np.ndarray, scale: int) -> tuple[torch.Tensor, float, float]:
         """Resize (shorter side = scale) and normalise one (H, W, 3) uint8 RGB image.
-        Returns ((1, 3, h, w) float tensor on the trunk's device, fx, fy)."""
+        Returns ((1, 3, h, w) float tensor on the trunk's device, fx, fy).
+
+        A side shorter than the trunk's smallest input (a 3x900 strip capped by
+        ``max_size``) is padded at the bottom/right with the mean colour (0 once
+        normalised): windows keep their coordinates, and the trunk always has a map."""
         h, w = image.shape[:2]
         f = resize_factor(h, w, scale, self.max_size)
         nh, nw = max(1, round(h * f)), max(1, round(w * f))
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
         x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
         x = self.trunk.normalize(x.to(self.trunk.mean.device))
+        need = self.trunk.min_input
+        if nh < need or nw < need:
+            x = F.pad(x, (0, max(0, need - nw), 0, max(0, need - nh)))
         return x, nw / w, nh / h
 
     def compute_features(self, image: np.ndarray, scales: tuple[int, ...]) -> list[FeatureMap]:
@@ -109,10 +117,10 @@ class SPPNet(nn.Module):
         scale_target * min(H, W) / sqrt(window area) (the window then spans about
         scale_target pixels, i.e. the 13x13 conv5 extent of a 224-pixel input)."""
         if len(scales) == 1 or len(boxes) == 0:
-            return torch.zeros(len(boxes), dtype=torch.long)
+            return torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0).double()
         expected = self.scale_target * min(height, width) / area.sqrt()
-        s = torch.tensor(scales, dtype=torch.float64)
+        s = torch.tensor(scales, dtype=torch.float64, device=boxes.device)
         return (expected[:, None] - s[None, :]).abs().argmin(dim=1)
 
     def pool(self, maps: list[FeatureMap], boxes: torch.Tensor, map_index: torch.Tensor) -> torch.Tensor:
@@ -125,7 +133,11 @@ class SPPNet(nn.Module):
         for m in map_index.unique().tolist():
             sel = (map_index == m).nonzero().squeeze(1)
             fm = maps[m]
-            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64)
+            # every tensor made here takes its device from the inputs: under DDP on CUDA the
+            # boxes arrive on the GPU while a cached map may still be on the CPU
+            sel = sel.to(boxes.device)
+            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64,
+                                                        device=boxes.device)
             cells = project_windows(scaled, self.trunk.stride, self.trunk.centre0, fm.features.shape[-2:],
                                     self.projection, self.margin)
             cells = torch.cat([torch.zeros_like(cells[:, :1]), cells], dim=1).to(fm.features.device)

@@ -12,8 +12,9 @@ __all__ = ["ComputeStats", "ProposalStore", "SelectiveSearchConfig", "compute_mi
            "proposal_recall", "proposals_for", "selective_search", "shard_items", "build_proposals"]
 
 
-def build_proposals(cfg: Any, dataset_name: str, split: str) -> tuple[ProposalStore, SelectiveSearchConfig]:
-    """Store and search settings from a ``configs/proposals/*.yaml`` node."""
+def build_proposals(cfg: Any) -> tuple[ProposalStore, SelectiveSearchConfig]:
+    """Store and search settings from a ``configs/proposals/*.yaml`` node (the store is
+    keyed by image content, so one store serves every data set and split)."""
     ss = SelectiveSearchConfig(mode=cfg.mode, max_size=int(cfg.max_size), min_size=float(cfg.min_size),
                                max_boxes=int(cfg.max_boxes))
-    return ProposalStore(cfg.cache_dir, dataset_name, split, ss.as_dict()), ss
+    return ProposalStore(cfg.cache_dir, ss.as_dict()), ss

@@ -45,11 +45,11 @@ def _work(args: tuple[str, str, Path, dict]) -> tuple[str, int, float, str | Non
         boxes = selective_search(read_image(path), SelectiveSearchConfig(**ss))
         seconds = time.perf_counter() - t0
     except SppDetError as exc:
-        return key, 0, 0.0, str(exc)
-    store = ProposalStore.__new__(ProposalStore)  # no mkdir/settings I/O in the worker
-    store.dir = store_dir
-    store.put(key, boxes)
-    return key, len(boxes), seconds, None
+        return path, 0, 0.0, str(exc)
+    except Exception as exc:  # an unexpected failure on one image never loses the others
+        return path, 0, 0.0, f"{path}: selective search failed ({type(exc).__name__}: {exc})"
+    ProposalStore.put_key(store_dir, key, boxes)
+    return path, len(boxes), seconds, None
 
 
 def shard_items(items: list, shard: int, num_shards: int) -> list:
@@ -60,29 +60,36 @@ def shard_items(items: list, shard: int, num_shards: int) -> list:
     return items[shard::num_shards]
 
 
-def compute_missing(store: ProposalStore, items: list[tuple[str | int, str | Path]],
+def compute_missing(store: ProposalStore, paths: list[str | Path],
                     ss: SelectiveSearchConfig, workers: int | None = None,
                     progress: bool = True,
                     on_done: Callable[[str], None] | None = None) -> ComputeStats:
-    """Compute proposals for every (key, image path) not yet valid in ``store``.
+    """Compute proposals for every image file not yet valid in ``store``.
 
     Workers write their results atomically; an interrupted call leaves only complete
     files, and the next call picks up the rest. Unreadable images are counted and
-    reported in ``stats.failed``, not fatal. ``on_done(key)`` runs after each image.
+    reported in ``stats.failed`` ("path: reason"), not fatal. ``on_done(path)`` runs
+    after each image. Two paths with the same content are searched once.
     """
     stats = ComputeStats()
-    todo = []
-    for key, path in items:
-        if store.has(key):
+    todo, queued = [], set()
+    for path in paths:
+        try:
+            key = store.key(path)
+        except SppDetError as exc:
+            stats.failed.append(str(exc))
+            continue
+        if key in queued or store.get_key(key) is not None:
             stats.cached += 1
         else:
-            todo.append((str(key), str(path), store.dir, ss.as_dict()))
+            queued.add(key)
+            todo.append((key, str(path), store.dir, ss.as_dict()))
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="selective search", unit="img", disable=not progress or not todo,
                file=sys.stderr)
 
     def handle(result):
-        key, _n, seconds, error = result
+        path, _n, seconds, error = result
         if error:
             stats.failed.append(error)
             log.error("%s", error)
@@ -91,7 +98,7 @@ def compute_missing(store: ProposalStore, items: list[tuple[str | int, str | Pat
             stats.seconds += seconds
         bar.update(1)
         if on_done is not None:
-            on_done(key)
+            on_done(path)
 
     try:
         if workers == 1:
@@ -109,12 +116,13 @@ def compute_missing(store: ProposalStore, items: list[tuple[str | int, str | Pat
     return stats
 
 
-def proposals_for(store: ProposalStore, key: str | int, image: np.ndarray,
+def proposals_for(store: ProposalStore, path: str | Path, image: np.ndarray,
                   ss: SelectiveSearchConfig) -> np.ndarray:
     """Boxes from the store, or computed now (and saved) when missing: never a crash for a
-    cache miss. image: (H, W, 3) uint8 RGB. Returns (N, 4) float32 xyxy original pixels."""
-    boxes = store.get(key)
+    cache miss. path: the image file (the key); image: its pixels, (H, W, 3) uint8 RGB.
+    Returns (N, 4) float32 xyxy original pixels."""
+    boxes = store.get(path)
     if boxes is None:
         boxes = selective_search(image, ss)
-        store.put(key, boxes)
+        store.put(path, boxes)
     return boxes
