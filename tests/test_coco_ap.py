@@ -66,3 +66,23 @@ def test_empty_results_score_zero():
     ds = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json")
     stats, _, _ = coco_evaluate(ds.coco, [])
     assert stats["AP"] == 0.0
+
+
+def test_per_class_ap_follows_the_users_class_order():
+    """pycocotools sorts params.catIds; classes given out of id order must keep their APs."""
+    need_shared(COCO128)
+    ds = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json",
+                       classes=["dog", "person"])  # ids 18 and 1: out of id order
+    results = [r for r in _noisy_results(ds) if r["category_id"] in (1, 18)]
+    metrics, _ = evaluate(ds, from_results(ds, results), "coco")
+    direct = {}
+    for name, cid in (("dog", 18), ("person", 1)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(ds.coco, ds.coco.loadRes(results), "bbox")
+            ev.params.catIds = [cid]
+            ev.evaluate(); ev.accumulate(); ev.summarize()
+        direct[name] = ev.stats[0]
+    assert abs(direct["dog"] - direct["person"]) > 0.05  # a swap would show
+    assert list(metrics["AP"]) == ["dog", "person"]
+    assert metrics["AP"]["dog"] == pytest.approx(direct["dog"], abs=2e-3)
+    assert metrics["AP"]["person"] == pytest.approx(direct["person"], abs=2e-3)

@@ -172,3 +172,115 @@ def test_image_list_file(tmp_path):
 def test_shapes_writes_test_list(shapes_root):
     lines = (shapes_root / "test_images.txt").read_text().split()
     assert len(lines) == 6 and all((shapes_root / ln).is_file() for ln in lines)
+
+
+def _voc_one(tmp_path, objects: str, size=(50, 40)):
+    base = tmp_path / "V"
+    (base / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (base / "Annotations").mkdir(exist_ok=True)
+    (base / "ImageSets" / "Main" / "s.txt").write_text("x\n")
+    (base / "Annotations" / "x.xml").write_text(
+        f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size>{objects}</annotation>")
+    return base / "Annotations" / "x.xml"
+
+
+def _obj(name, x1, y1, x2, y2):
+    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+
+
+def test_unknown_class_names_are_errors_and_other_names_are_counted(tmp_path, caplog):
+    xml = _voc_one(tmp_path, _obj("dog", 3, 4, 20, 30) + _obj("cat", 1, 1, 9, 9) + _obj("unicorn", 1, 1, 5, 5)
+                   + _obj("unicorn", 2, 2, 6, 6))
+    with pytest.raises(SppDetError) as err:
+        load_voc(tmp_path, [("V", "s")], classes=["persn"], name="mine")
+    msg = str(err.value)
+    assert msg.startswith("dataset 'mine': unknown class name(s) ['persn'] in dataset.classes; known: [")
+    assert "'person'" in msg and "'unicorn'" in msg  # VOC's own names and the names met in the files
+    # VOC's own 20: the two 'unicorn' objects are left out, counted by name, reported once
+    ds = load_voc(tmp_path, [("V", "s")], name="mine")
+    assert ds.skipped == {"outside dataset.classes: unicorn": 2}
+    assert len(ds.targets[0].boxes) == 2
+    ds.report_skipped("split s")
+    assert caplog.text.count("left out") == 1
+    assert "dataset 'mine' (split s): object(s) left out on load: 2 outside dataset.classes (unicorn 2)" in caplog.text
+    # a class present in VOC's list but absent from these files is no typo
+    assert load_voc(tmp_path, [("V", "s")], classes=["dog", "sheep"]).skipped == {
+        "outside dataset.classes: cat": 1, "outside dataset.classes: unicorn": 2}
+    assert xml.is_file()
+
+
+def test_shapes_config_rejects_a_misspelt_class(shapes_root):
+    cfg = OmegaConf.load("configs/dataset/shapes.yaml")
+    cfg.root = str(shapes_root)
+    cfg.generate = {"num_trainval": 8, "num_test": 6, "seed": 0}
+    cfg.classes = ["elipse"]
+    with pytest.raises(SppDetError, match=r"unknown class name\(s\) \['elipse'\].*known: \['ellipse', "
+                                          r"'rectangle', 'triangle'\]"):
+        build_dataset(cfg, "train")
+
+
+def test_voc_ground_truth_anomalies(tmp_path):
+    xml = _voc_one(tmp_path, _obj("dog", 3, 4, 20, 30) + _obj("cat", 10, 10, 90, 30))  # 90 > width 50
+    with pytest.raises(SppDetError) as err:
+        load_voc(tmp_path, [("V", "s")])
+    assert str(err.value) == f"{xml}: object 1 'cat' xyxy [9.0, 9.0, 90.0, 30.0] lies outside its 50x40 image"
+    _voc_one(tmp_path, _obj("dog", 3, 4, 20, 30) + _obj("cat", 10, 10, 51, 41))  # 1 px over: clipped, counted
+    ds = load_voc(tmp_path, [("V", "s")])
+    assert ds.targets[0].boxes.tolist()[1] == [9.0, 9.0, 50.0, 40.0]
+    assert ds.skipped == {"clipped to the image (kept)": 1}
+    _voc_one(tmp_path, _obj("dog", 30, 4, 20, 30))
+    with pytest.raises(SppDetError, match=r"x.xml: object 0 'dog' has xmax < xmin"):
+        load_voc(tmp_path, [("V", "s")])
+
+
+def _coco_file(tmp_path, annotations, categories=({"id": 3, "name": "car"}, {"id": 5, "name": "bus"})):
+    import json
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"images": [{"id": 7, "file_name": "x.jpg", "width": 20, "height": 10}],
+                                "categories": list(categories), "annotations": annotations}))
+    return path
+
+
+def _ann(i, **kw):
+    a = {"id": i, "image_id": 7, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0, "area": 12}
+    a.update(kw)
+    return a
+
+
+@pytest.mark.parametrize("ann, message", [
+    (_ann(9, image_id=8), "annotation id 9 refers to image id 8, which is not in 'images'"),
+    (_ann(9, category_id=4), "annotation id 9 has category id 4, which is not in 'categories'"),
+    (_ann(9, bbox=[1, 2, -3, 4]), "annotation id 9 has a negative size: bbox [1, 2, -3, 4]"),
+    (_ann(9, bbox=[15, 2, 30, 4]), "annotation id 9 xyxy [15.0, 2.0, 45.0, 6.0] lies outside its 20x10 image"),
+    (_ann(9, bbox=[1, 2]), "annotation id 9 has no [x, y, w, h] 'bbox'"),
+])
+def test_coco_ground_truth_anomalies_are_errors(tmp_path, ann, message):
+    path = _coco_file(tmp_path, [_ann(1), ann])
+    with pytest.raises(SppDetError) as err:
+        CocoDetection(tmp_path, path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_coco_zero_size_and_other_categories_are_counted(tmp_path):
+    path = _coco_file(tmp_path, [_ann(1), _ann(2, bbox=[1, 2, 0, 4]), _ann(3, category_id=5),
+                                 _ann(4, bbox=[18, 2, 3, 4])])  # 1 px over the right edge: clipped
+    ds = CocoDetection(tmp_path, path, classes=["car"])
+    assert ds.targets[0].boxes.tolist() == [[1, 2, 4, 6], [18, 2, 20, 6]]
+    assert ds.skipped == {"zero-size boxes": 1, "outside dataset.classes: bus": 1, "clipped to the image (kept)": 1}
+
+
+def test_coco128_config_splits_are_disjoint():
+    need_shared(COCO128)
+    cfg = OmegaConf.load("configs/dataset/coco128.yaml")
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    train_ids, test_ids = {t.image_id for t in train.targets}, {t.image_id for t in test.targets}
+    assert (len(train_ids), len(test_ids)) == (96, 32) and not train_ids & test_ids
+    assert sorted(train_ids | test_ids) == sorted(CocoDetection(
+        COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json").coco.getImgIds())
+    assert min(test_ids) > max(train_ids)  # the 32 highest ids, as the README's experiments
+    # the image-content check that training runs before it starts
+    test.check_disjoint(set(train.digests()), "the test split")
+    with pytest.raises(SppDetError, match=r"dataset 'coco128': 32 image\(s\) of the test split are also training"):
+        test.check_disjoint(set(CocoDetection(COCO128 / "train2017", COCO128 / "annotations" /
+                                              "instances_train2017.json").digests()), "the test split")

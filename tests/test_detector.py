@@ -94,3 +94,86 @@ def test_build_detector_from_config():
     assert net.head.fc6.in_features == 64 * 50
     assert not any(p.requires_grad for p in net.trunk.parameters())
     assert net.scales == (688,) and net.projection == "released"
+
+
+FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.eye,
+             torch.linspace, torch.rand, torch.randn, torch.randint}
+
+
+class RecordDeviceLessFactories(torch.overrides.TorchFunctionMode):
+    """Records every tensor factory called without ``device=``: such a tensor lands on the
+    CPU whatever device the model's inputs are on (the DDP-on-CUDA crash)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and kwargs.get("device") is None:
+            import traceback
+            self.calls.append((func.__name__, traceback.extract_stack(limit=3)[0]))
+        return func(*args, **kwargs)
+
+
+def test_training_forward_takes_every_device_from_its_inputs():
+    """What a CPU-only suite can check of the device-agnostic rule: in the DDP entry point
+    (SPPNet.forward, both regimes) no tensor is created without a device taken from an input."""
+    net = small_net()
+    net.train()
+    img = image(120, 160)
+    boxes = random_boxes(40, 120, 160)
+    x, fx, fy = net.prepare(img, 224)
+    with torch.no_grad():
+        fmap = net.compute_features(img, (224,))[0]
+    index = torch.zeros(40, dtype=torch.long)
+    for inputs in ([fmap], [(x, fx, fy)]):
+        with RecordDeviceLessFactories() as rec:
+            logits, deltas = net(inputs, boxes, index)
+        assert rec.calls == [], rec.calls
+        assert logits.shape == (40, 4)
+
+
+def test_min_input_size_is_what_the_trunk_accepts():
+    """The padding size, checked against torch itself: the trunk runs on it, not on one less."""
+    from spp_det.models.backbones import build_trunk as bt
+    for name in ("zf5", "alexnet", "vgg16", "resnet50"):
+        trunk = bt(name, width=0.25, norm="bn") if name == "zf5" else bt(name)
+        trunk.eval()
+        n = trunk.min_input
+        with torch.no_grad():
+            assert trunk(torch.zeros(1, 3, n, n)).shape[-1] >= 1
+            with pytest.raises(RuntimeError):
+                trunk(torch.zeros(1, 3, n - 1, n - 1))
+
+
+def test_strip_image_too_small_for_the_trunk_is_padded():
+    """A 3 x 900 image: at scale 224 the long-side cap (400) keeps it 1 px tall, far below the
+    7x7 conv's reach; padding with the mean colour gives a map and valid detections."""
+    net = small_net()
+    strip = image(3, 900)
+    x, fx, fy = net.prepare(strip, 224)
+    assert (fx, fy) == (400 / 900, 1 / 3)  # the windows' coordinates are untouched by the padding
+    assert x.shape[-2] == net.trunk.min_input and x.shape[-1] == 400
+    assert torch.equal(x[..., 1:, :], torch.zeros_like(x[..., 1:, :]))  # normalised mean colour
+    boxes = torch.tensor([[0.0, 0, 300, 3], [450, 0, 900, 3]])
+    probs, per_class = net.detect_windows(strip, boxes)
+    assert probs.shape == (2, 4) and torch.isfinite(probs).all()
+    assert (per_class[..., 3] <= 3).all() and (per_class[..., 2] <= 900).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_forward_with_inputs_on_the_gpu_matches_cpu():
+    """As DDP(device_ids=[i]) feeds it: boxes and map indices on the GPU."""
+    net = small_net()
+    img = image(120, 160)
+    boxes = random_boxes(30, 120, 160)
+    index = torch.zeros(30, dtype=torch.long)
+    with torch.no_grad():
+        ref = net([net.compute_features(img, (224,))[0]], boxes, index)
+        gpu = net.cuda()
+        out = gpu([gpu.compute_features(img, (224,))[0]], boxes.cuda(), index.cuda())
+        det = gpu.predict(img, boxes)
+    for a, b in zip(ref, out):
+        assert b.device.type == "cuda" and torch.allclose(a, b.cpu(), atol=1e-3, rtol=1e-3)
+    assert det["boxes"].shape[1] == 4

@@ -58,7 +58,8 @@ def test_eval_bad_file_is_one_line_error(tmp_path, shapes_root):
     bad.write_text(json.dumps([{"image_id": "nope", "category_id": "ellipse", "bbox": [0, 0, 1, 1],
                                 "score": 1}]))
     proc, _ = run_eval(tmp_path, shapes_root, bad)
-    assert proc.returncode == 1 and "unknown or missing 'nope'" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {bad}: entry 0: image_id 'nope' is not an image of the evaluated split"
 
 
 def test_eval_runs_a_checkpoint_and_writes_both_files(tmp_path, shapes_root, tiny_checkpoint):

@@ -44,8 +44,9 @@ def receptive_geometry(layers: list[nn.Module]) -> tuple[int, float]:
 
 def min_input_size(layers: list[nn.Module], limit: int = 4096) -> int:
     """The smallest input side (pixels) for which every conv/pool layer of the chain still
-    has at least one output cell (output = (in + 2p - d(k - 1) - 1) / s + 1, rounded down,
-    or up for ceil-mode pools). Smaller images are padded up to it."""
+    has an output cell, by torch's own size rule: (in + 2p - d(k - 1) - 1) / s + 1 rounded
+    down, or up for ceil-mode pools (whose last window must start inside the input or its
+    left padding). Smaller images are padded up to it."""
     for size in range(1, limit):
         n = size
         for layer in layers:
@@ -54,9 +55,15 @@ def min_input_size(layers: list[nn.Module], limit: int = 4096) -> int:
             k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
             d = _pair0(getattr(layer, "dilation", 1))
             span = n + 2 * p - d * (k - 1) - 1
-            if span < 0:
+            if getattr(layer, "ceil_mode", False):
+                out = -(-span // s) + 1
+                if (out - 1) * s >= n + p:
+                    out -= 1
+            else:
+                out = span // s + 1 if span >= 0 else 0
+            if out < 1:
                 break
-            n = (-(-span // s) if getattr(layer, "ceil_mode", False) else span // s) + 1
+            n = out
         else:
             return size
     raise ValueError("no input size up to the limit passes this chain of layers")
