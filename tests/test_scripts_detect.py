@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,24 +19,74 @@ def test_detect_folder_with_a_corrupt_file(tmp_path, shapes_root, tiny_checkpoin
     for stem in ("000008", "000009"):
         shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / f"{stem}.jpg", folder / f"{stem}.jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    # same stem, other format: its own picture and its own image_id
+    cv2.imwrite(str(folder / "000008.png"), cv2.imread(str(folder / "000009.jpg")))
+    # a 3x900 strip: smaller than the trunk's reach once resized; padded, not a crash
+    strip = (np.arange(900 * 3 * 3) % 251).astype(np.uint8).reshape(3, 900, 3)
+    cv2.imwrite(str(folder / "strip.png"), strip)
     out = tmp_path / "out"
     cmd = [sys.executable, "scripts/detect.py", f"checkpoint={tiny_checkpoint}", f"input={folder}",
            f"output={out}", "score_thresh=0.0", "max_per_image=5", "workers=1",
            f"+proposals.cache_dir={tmp_path / 'props'}", "+proposals.mode=fast", "+proposals.max_size=200",
-           "+proposals.min_size=4", "+proposals.max_boxes=100", f"hydra.run.dir={tmp_path / 'run'}"]
+           "+proposals.min_size=1", "+proposals.max_boxes=100",  # min_size 1: the 3 px strip keeps windows
+           f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1
     assert "broken.jpg" in proc.stderr and "not a readable image" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.glob("*.jpg")) == ["000008.jpg", "000009.jpg"]
+    assert proc.stderr.count("error: ") == 1  # only the corrupt file failed
+    names = ["000008.jpg", "000008.png", "000009.jpg", "strip.png"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".json") == names
     drawn = cv2.imread(str(out / "000008.jpg"))
     original = cv2.imread(str(folder / "000008.jpg"))
     assert drawn.shape == original.shape and (drawn != original).any()  # boxes were drawn
+    assert cv2.imread(str(out / "000008.png")).shape == cv2.imread(str(folder / "000009.jpg")).shape
+    assert cv2.imread(str(out / "strip.png")).shape == (3, 900, 3)
     dets = json.loads((out / "detections.json").read_text())
-    assert {d["image_id"] for d in dets} == {"000008.jpg", "000009.jpg"}
-    assert all(len([d for d in dets if d["image_id"] == n]) <= 5 for n in ("000008.jpg", "000009.jpg"))
+    assert {d["image_id"] for d in dets} == set(names)
+    assert all(len([d for d in dets if d["image_id"] == n]) <= 5 for n in names)
+    strip_boxes = [d["bbox"] for d in dets if d["image_id"] == "strip.png"]
+    assert strip_boxes and all(0 <= y and y + h <= 3 + 1e-3 for _, y, _, h in strip_boxes)
     # proposals were cached by content: a second run computes none and succeeds on the good file
     (folder / "broken.jpg").unlink()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "selective search" not in proc.stderr  # no progress bar: nothing left to compute
+
+
+def test_detect_list_names_by_relative_path_and_survives_a_failing_image(tmp_path, shapes_root, tiny_checkpoint,
+                                                                          monkeypatch, capsys):
+    """Two list entries with the same file name in different folders keep apart; an
+    unexpected failure on one image is named and the other images' results are written."""
+    from spp_det.engine.jobs import detect_job
+    from spp_det.models import SPPNet
+    src = shapes_root / "SHAPES" / "JPEGImages"
+    for sub, stem in (("x", "000008"), ("y", "000009"), ("z", "000010")):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        shutil.copy(src / f"{stem}.jpg", tmp_path / "in" / sub / "a.jpg")
+    listing = tmp_path / "in" / "list.txt"
+    listing.write_text("x/a.jpg\ny/a.jpg\nz/a.jpg\nx/a.jpg\n")  # x/a.jpg listed twice: kept once
+    bad_shape = cv2.imread(str(src / "000010.jpg")).shape[:2]
+    original = SPPNet.predict
+
+    def predict(self, image, *args, **kwargs):
+        if image.shape[:2] == bad_shape:
+            raise RuntimeError("simulated kernel failure")
+        return original(self, image, *args, **kwargs)
+    monkeypatch.setattr(SPPNet, "predict", predict)
+    out = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("detect", overrides=[f"checkpoint={tiny_checkpoint}", f"input={listing}", f"output={out}",
+                                           "score_thresh=0.0", "max_per_image=3", "workers=1",
+                                           f"+proposals.cache_dir={tmp_path / 'props'}", "+proposals.mode=fast",
+                                           "+proposals.max_size=200", "+proposals.min_size=4",
+                                           "+proposals.max_boxes=100"])
+    failures = detect_job(cfg)
+    z = tmp_path / "in" / "z" / "a.jpg"
+    assert failures == [f"{z}: detection failed (RuntimeError: simulated kernel failure)"]
+    assert f"error: {z}: detection failed" in capsys.readouterr().err
+    dets = json.loads((out / "detections.json").read_text())
+    assert {d["image_id"] for d in dets} == {"x/a.jpg", "y/a.jpg"}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["x/a.jpg", "y/a.jpg"]
+    assert not cv2.imread(str(out / "x" / "a.jpg")).shape == cv2.imread(str(out / "y" / "a.jpg")).shape or \
+        (cv2.imread(str(out / "x" / "a.jpg")) != cv2.imread(str(out / "y" / "a.jpg"))).any()

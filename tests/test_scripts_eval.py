@@ -92,3 +92,17 @@ def test_eval_rejects_wrong_checkpoint(tmp_path, shapes_root):
         [sys.executable, "scripts/eval.py", f"dataset.root={shapes_root}", f"checkpoint={bad}",
          f"hydra.run.dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and f"{bad}: cannot read checkpoint" in proc.stderr
+
+
+def test_eval_refuses_the_checkpoints_own_training_images(tmp_path, shapes_root, tiny_checkpoint):
+    from hydra import compose, initialize_config_dir
+
+    from spp_det.engine.inference import evaluate_checkpoint
+    from spp_det.errors import SppDetError
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+                                         "dataset.generate.num_test=6", f"checkpoint={tiny_checkpoint}",
+                                         "split=train"])
+    with pytest.raises(SppDetError, match=r"^dataset 'shapes': 8 image\(s\) of split 'train' are also training "
+                                          r"images \(first: .*000000.jpg\)"):
+        evaluate_checkpoint(cfg, tmp_path)

@@ -1,6 +1,9 @@
+import dataclasses
+import json
 import math
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
 from spp_det.engine.train import Trainer, WindowSampler, detection_loss, label_windows
+from spp_det.errors import SppDetError
+from spp_det.proposals import compute_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,28 +112,183 @@ def test_resume_gives_identical_weights_and_features_are_reused(tmp_path, shapes
     assert again.features.computed == 0 and again.features.loaded > 0
 
 
-def _ddp_worker(rank, world, port, tmp_path, shapes_root, out):
+PAPER = ("train=paper", "train.allow_random_frozen_trunk=true")
+
+
+def _record_batches(trainer, log):
+    """Wrap trainer.batch to log which image and windows each draw takes."""
+    original = trainer.batch
+
+    def batch(dataset, samples):
+        log.append([(e.index, sel.tolist()) for e, sel in samples])
+        return original(dataset, samples)
+    trainer.batch = batch
+
+
+def _ddp_env(rank, world, port):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    cfg = make_cfg(tmp_path, shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=4", "train.val_fraction=0")
-    trainer = Trainer(cfg, tmp_path / "run")
-    trainer.fit()
-    torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
+
+
+def _ddp_resume_worker(rank, world, port, tmp_path, shapes_root, out):
+    _ddp_env(rank, world, port)
+    common = (*PAPER, "train.val_fraction=0", "train.checkpoint_every=3")
+    runs = {}
+    for name, steps in (("full", [6]), ("cut", [3, 6])):  # "cut": stopped after the checkpoint at 3
+        batches = []
+        for max_iter in steps:
+            extra = ["resume=true"] if max_iter != steps[0] else []
+            trainer = Trainer(make_cfg(tmp_path / name, shapes_root, *common, f"solver.max_iter={max_iter}", *extra),
+                              tmp_path / name)
+            _record_batches(trainer, batches)
+            trainer.fit()
+        runs[name] = {"weights": trainer.model.state_dict(), "batches": batches}
+    torch.save(runs, out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_training_agrees(tmp_path, shapes_root):
+def _spawn(fn, args, nprocs=2, timeout=240):
+    """Start processes and join them with a time limit: a hang fails the test, never the suite."""
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"processes still running after {timeout} s (a rank waits for another)")
+
+
+def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, tmp_path, shapes_root, tmp_path), nprocs=2, join=True)
-    a = torch.load(tmp_path / "rank0.pt")
-    b = torch.load(tmp_path / "rank1.pt")
-    init = Trainer(make_cfg(tmp_path, shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=4", "train.val_fraction=0"),
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_training_ranks_differ_and_resume_exactly(tmp_path, shapes_root):
+    _spawn(_ddp_resume_worker, (2, _free_port(), tmp_path, shapes_root, tmp_path))
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    init = Trainer(make_cfg(tmp_path / "x", shapes_root, *PAPER, "solver.max_iter=6", "train.val_fraction=0"),
                    tmp_path / "x").model.state_dict()
     moved = False
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-        moved |= not torch.equal(a[k], init[k])
+    for k, v in r0["full"]["weights"].items():
+        assert torch.equal(v, r1["full"]["weights"][k]), k  # DDP keeps the ranks' weights equal
+        moved |= not torch.equal(v, init[k])
     assert moved  # they agree on trained weights, not merely on the initial ones
+    # each rank draws its own windows
+    assert len(r0["full"]["batches"]) == 6 and r0["full"]["batches"] != r1["full"]["batches"]
+    # stopped after the checkpoint at 3 and resumed: every rank draws what it drew
+    # uninterrupted, and the run ends with the same weights
+    for r in (r0, r1):
+        assert r["cut"]["batches"] == r["full"]["batches"]
+        for k, v in r["full"]["weights"].items():
+            assert torch.equal(v, r["cut"]["weights"][k]), k
+
+
+def _ddp_error_worker(rank, world, port, tmp_path, shapes_root, out):
+    """Rank 0 meets an error where rank 1 waits for it; then one image fails on rank 1 only."""
+    _ddp_env(rank, world, port)
+    import spp_det.engine.train as train_mod
+    from spp_det.engine.inference import detect_dataset
+    if rank == 0:
+        def broken(*args, **kwargs):
+            raise SppDetError("data/proposals: disk full")
+        train_mod.compute_missing = broken
+    trainer = Trainer(make_cfg(tmp_path, shapes_root, *PAPER, "solver.max_iter=2", "train.val_fraction=0"),
+                      tmp_path / "run")
+    try:
+        trainer.fit()
+        outcome = "no error"
+    except SppDetError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    train_mod.compute_missing = compute_missing
+    ds = trainer.train_set.take([0, 4])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    ds.targets[1] = dataclasses.replace(ds.targets[1], path=bad)  # image 1 goes to rank 1
+    dets, _, failures = detect_dataset(trainer.model, ds, trainer.store, trainer.ss, rank=rank, world=world,
+                                       progress=False)
+    (out / f"rank{rank}.txt").write_text(json.dumps({
+        "train": outcome, "failures": failures,
+        "images_with_results": None if dets is None else [i for i, d in enumerate(dets) if len(d["scores"])]}))
+    torch.distributed.destroy_process_group()
+
+
+def test_an_error_on_one_rank_ends_every_rank(tmp_path, shapes_root):
+    _spawn(_ddp_error_worker, (2, _free_port(), tmp_path, shapes_root, tmp_path), timeout=180)
+    r0 = json.loads((tmp_path / "rank0.txt").read_text())
+    r1 = json.loads((tmp_path / "rank1.txt").read_text())
+    assert r0["train"] == "SppDetError: data/proposals: disk full"
+    assert r1["train"] == "SppDetError: rank 0 failed: SppDetError: data/proposals: disk full"
+    # the image that failed on rank 1 is named on every rank; rank 0 holds the others' results
+    expected = [f"{tmp_path / 'bad.jpg'}: not a readable image (corrupt or unknown format)"]
+    assert r0["failures"] == expected and r1["failures"] == expected
+    assert r0["images_with_results"] == [0, 2, 3] and r1["images_with_results"] is None
+
+
+def test_frozen_random_trunk_is_refused(tmp_path, shapes_root):
+    cfg = make_cfg(tmp_path, shapes_root, "train=paper")
+    with pytest.raises(SppDetError) as err:
+        Trainer(cfg, tmp_path / "run")
+    assert str(err.value).startswith("model.trunk 'zf5' has no learned weights (pretrained=false, "
+                                     "weights_path=null) but train.finetune_conv=false keeps it frozen")
+    assert "train.allow_random_frozen_trunk=true" in str(err.value)
+    weights = tmp_path / "zf5.pt"  # with weights it trains
+    torch.save(Trainer(make_cfg(tmp_path, shapes_root, *PAPER), tmp_path / "r").model.trunk.body.state_dict(), weights)
+    Trainer(make_cfg(tmp_path, shapes_root, "train=paper", f"model.trunk.weights_path={weights}"), tmp_path / "w")
+
+
+def test_end_of_training_reports_best_pt(tmp_path, shapes_root, capsys):
+    """The README says: use best.pt. The test score printed and written is that file's."""
+    from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from spp_det.engine.evaluate import evaluate
+    from spp_det.engine.inference import detect_dataset
+    from spp_det.engine.train import train_job
+    from spp_det.data import build_dataset
+    cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=6", "train.val_every=2", "train.val_map_images=0",
+                   "test_at_end=true", "test_subset=[0,3]", "solver.lr=0.003")
+    metrics = train_job(cfg, tmp_path / "run")
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert metrics["weights"] == f"best.pt, iteration {best['iteration']}"
+    assert f"mAP = {metrics['mAP']:.4f} (best.pt, iteration {best['iteration']})" in capsys.readouterr().out
+    # the reported score is best.pt's, scored afresh here
+    model = model_from_checkpoint(best)
+    test = build_dataset(cfg.dataset, "test").take([0, 3])
+    from spp_det.proposals import build_proposals
+    store, ss = build_proposals(cfg.proposals)
+    dets, _, _ = detect_dataset(model, test, store, ss, progress=False)
+    assert evaluate(test, dets, "voc07")[0]["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
+    # the three validations chose one of them; last.pt is the 6th iteration's
+    assert best["iteration"] in (2, 4, 6) and last["iteration"] == 6
+    vals = [h["val_loss"] for h in best["history"] if "val_loss" in h]
+    assert -best["best"] == min(vals)
+
+
+def test_unreadable_training_images_are_named_skipped_and_counted(tmp_path, shapes_root, caplog):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(shapes_root, root)
+    images = sorted((root / "SHAPES" / "JPEGImages").glob("*.jpg"))
+    images[0].write_bytes(b"\xff\xd8 broken before training")  # its proposals cannot be computed
+    cfg = make_cfg(tmp_path, root, "solver.max_iter=4", "train.val_fraction=0")
+    trainer = Trainer(cfg, tmp_path / "run")
+    original = trainer.prepare_windows
+
+    def prepare_then_break(dataset):
+        entries = original(dataset)
+        for path in images[1:4]:  # decoded on every draw (finetune): these fail when drawn
+            path.write_bytes(b"\xff\xd8 broken during training")
+        return entries
+    trainer.prepare_windows = prepare_then_break
+    draws = []
+    _record_batches(trainer, draws)
+    trainer.fit()
+    assert trainer.iteration == 4
+    drawn = {i for batch in draws for i, _ in batch}
+    broken_drawn = sorted(str(images[i]) for i in drawn if i in (1, 2, 3))
+    assert broken_drawn  # the seeded draws do reach the broken images
+    assert sorted(trainer.skipped) == sorted([str(images[0])] + broken_drawn)
+    assert "not a readable image" in trainer.skipped[broken_drawn[0]]
+    assert caplog.text.count(f"training without {broken_drawn[0]}") == 1  # named once, however often drawn
+    assert f"{len(trainer.skipped)} image(s) left out of training" in caplog.text
