@@ -30,13 +30,13 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.coco128)
     ds = CocoDetection(root / "train2017", root / "annotations" / "instances_train2017.json")
-    items = [(t.image_id, t.path) for t in ds.targets[: args.images]]
+    items = [t.path for t in ds.targets[: args.images]]
     ss = SelectiveSearchConfig(mode=args.mode, max_size=args.max_size)
     result = {"images": len(items), "settings": ss.as_dict(), "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "runs": {}}
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
-            store = ProposalStore(tmp, "coco128", "bench", ss.as_dict())
+            store = ProposalStore(tmp, ss.as_dict())
             t0 = time.perf_counter()
             stats = compute_missing(store, items, ss, workers=workers, progress=False)
             wall = time.perf_counter() - t0

@@ -10,10 +10,11 @@ from ..errors import SppDetError
 
 
 def init_distributed(device: str) -> tuple[int, int]:
-    """(rank, world size). Starts the process group when launched by torchrun
-    (WORLD_SIZE > 1); a plain ``python`` run is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """(rank, world size). Starts the process group when launched by torchrun (WORLD_SIZE
+    set); a plain ``python`` run is rank 0 of 1 without a group."""
+    # torchrun sets WORLD_SIZE, also to 1: then the group starts too, so that
+    # `torchrun --nproc_per_node=1` runs the real DistributedDataParallel path on one GPU
+    if "WORLD_SIZE" not in os.environ:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"

@@ -172,8 +172,8 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = out_dir
         self.rank, self.world = init_distributed(cfg.device)
-        self.device = torch.device(cfg.device if not cfg.device.startswith("cuda") or self.world == 1
-                                   else f"cuda:{torch.cuda.current_device()}")
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if cfg.device.startswith("cuda")
+                                   and torch.distributed.is_initialized() else cfg.device)
         tc = cfg.train
         torch.manual_seed(cfg.seed)
         self.finetune = bool(tc.finetune_conv)
@@ -194,7 +194,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_solver(params, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                    if self.world > 1 else None)
+                    if torch.distributed.is_initialized() else None)
         # Each rank draws its own stream (window sampling, flips, scales; dropout), saved
         # and restored per rank. Rank 0 keeps the single-process torch stream, so one
         # process gives the same run as before DDP was considered.
