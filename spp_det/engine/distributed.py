@@ -55,3 +55,13 @@ def raise_if_any_failed(error: BaseException | None, world: int) -> None:
     for rank, msg in enumerate(messages):
         if msg is not None:
             raise SppDetError(f"rank {rank} failed: {msg}")
+
+
+def any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Collective: True when ``flag`` is True on any rank (one tiny all-reduce), so that a
+    decision to stop is taken by every rank at the same step."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

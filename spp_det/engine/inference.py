@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def empty_detections() -> dict[str, torch.Tensor]:
+    """What an image without detections (or whose detection failed) gets."""
     return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
 
 

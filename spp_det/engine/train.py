@@ -29,11 +29,10 @@ from ..models import SPPNet, build_detector
 from ..proposals import build_proposals, compute_missing
 from .checkpoint import load_checkpoint, save_checkpoint
 from .detections import to_results, write_json_atomic
-from .distributed import gather_lists, init_distributed, raise_if_any_failed
+from .distributed import any_rank, gather_lists, init_distributed, raise_if_any_failed
 from .evaluate import evaluate, score_and_report
 from .features import FeatureCache
 from .inference import detect_dataset, report_failures
-
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +194,9 @@ class Trainer:
         self.optimizer, self.scheduler = build_solver(params, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if torch.distributed.is_initialized() else None)
-        # Each rank draws its own stream (window sampling, flips, scales; dropout), saved
-        # and restored per rank. Rank 0 keeps the single-process torch stream, so one
-        # process gives the same run as before DDP was considered.
+        # Each rank draws its own streams (window sampling, flips, scales; dropout), saved
+        # and restored per rank. The model above was initialised from the same seed on
+        # every rank; rank 0's torch stream simply continues (a single process is rank 0).
         self.rng = random.Random(cfg.seed * 1000 + self.rank)
         if self.rank > 0:
             torch.manual_seed(cfg.seed * 1000 + self.rank)
@@ -371,7 +370,9 @@ class Trainer:
         n = int(self.cfg.train.val_map_images)
         if n > 0:
             sub = self.val_set.take([0, n])
-            dets, _, _ = detect_dataset(self.model, sub, self.store, self.ss, progress=False)
+            dets, _, failures = detect_dataset(self.model, sub, self.store, self.ss, progress=False)
+            if failures:
+                log.warning("validation: %d image(s) failed, first: %s", len(failures), failures[0])
             out["val_mAP"] = evaluate(sub, dets, self.cfg.dataset.metric)[0]["mAP"]
         self.model.train()
         return out
@@ -397,8 +398,11 @@ class Trainer:
             inputs, boxes, index, labels, targets = self.next_batch(self.train_set, sampler)
             cls, box = detection_loss(*net(inputs, boxes, index), labels, targets)
             loss = cls + box
-            if not torch.isfinite(loss):
-                raise SppDetError(f"loss became {float(loss)} at iteration {self.iteration}: lower solver.lr")
+            # decided by all ranks together: a rank that stopped alone would leave the
+            # others waiting in the gradient all-reduce
+            if any_rank(not bool(torch.isfinite(loss)), self.world, self.device):
+                raise SppDetError(f"loss became non-finite at iteration {self.iteration} (this rank: "
+                                  f"{float(loss)}): lower solver.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
