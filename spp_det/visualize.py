@@ -1,11 +1,16 @@
-"""Drawing with OpenCV: detections on images, precision-recall curves as a PNG grid."""
+"""Pictures for people: detections drawn on images (OpenCV), and plots with axes, tick
+values and legends (matplotlib): per-class precision-recall, proposal recall, training curve."""
 from __future__ import annotations
 
 import colorsys
+import io
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from .files import write_atomic
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -33,41 +38,72 @@ def draw_detections(image_rgb: np.ndarray, boxes: torch.Tensor, labels: torch.Te
     return out
 
 
-def plot_panels(panels: list[dict], cell: int = 240) -> np.ndarray:
-    """Line plots in a grid, drawn with OpenCV (no plotting dependency). Each panel:
-    ``{"title": str, "series": [(x (K,), y (K,)), ...], "xlim": (lo, hi), "xlog": bool,
-    "xlabel": str, "ylabel": str}``; y is drawn on [0, 1]. Returns a BGR image."""
-    cols = max(1, min(5, len(panels)))
-    rows = max(1, (len(panels) + cols - 1) // cols)
-    grid = np.full((rows * cell, cols * cell, 3), 255, np.uint8)
-    pad = 32
-    for k, panel in enumerate(panels):
-        ox, oy = (k % cols) * cell, (k // cols) * cell
-        x0, y0, x1, y1 = ox + pad, oy + cell - pad, ox + cell - 12, oy + 26
-        lo, hi = panel.get("xlim", (0.0, 1.0))
-        fx = (lambda v: np.log10(v)) if panel.get("xlog") else (lambda v: v)
-        cv2.rectangle(grid, (x0, y1), (x1, y0), (0, 0, 0), 1)
-        for t in (0.25, 0.5, 0.75):
-            yy = int(y0 + t * (y1 - y0))
-            cv2.line(grid, (x0 + 1, yy), (x1 - 1, yy), (225, 225, 225), 1)
-        for s, (x, y) in enumerate(panel["series"]):
-            x, y = np.asarray(x, float), np.asarray(y, float)
-            if len(x) == 0:
-                continue
-            px = x0 + (fx(x) - fx(lo)) / max(1e-9, fx(hi) - fx(lo)) * (x1 - x0)
-            pts = np.stack([px, y0 + y * (y1 - y0)], 1)
-            cv2.polylines(grid, [np.round(pts).astype(np.int32)], False, class_colour(s + 3), 2, cv2.LINE_AA)
-        cv2.putText(grid, panel["title"], (x0 - 20, oy + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-        cv2.putText(grid, f"{panel.get('xlabel', '')} {lo:g}..{hi:g}", (x0, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35, (80, 80, 80), 1, cv2.LINE_AA)
-        cv2.putText(grid, panel.get("ylabel", ""), (ox + 2, y1 + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    (80, 80, 80), 1, cv2.LINE_AA)
-    return grid
+def _figure(n: int, cell: float = 3.2):
+    """A grid of n axes (matplotlib, file output only: the Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(4, n))
+    rows = max(1, (n + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
 
 
-def pr_grid(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]]) -> np.ndarray:
-    """One precision-recall plot per class; curves: name -> (recall, precision, AP)."""
-    return plot_panels([{"title": f"{n}  AP={'n/a' if ap is None else f'{ap:.3f}'}",
-                         "series": [(r, p)], "xlabel": "recall", "ylabel": "prec"}
-                        for n, (r, p, ap) in curves.items()])
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], path: str | Path) -> None:
+    """One precision-recall plot per class; curves: name -> (recall (K,), precision (K,), AP)."""
+    fig, axes = _figure(len(curves))
+    for ax, (name, (rec, prec, ap)) in zip(axes, curves.items()):
+        ax.plot(rec, prec, lw=1.5, label=f"AP {'n/a' if ap is None else f'{ap:.3f}'}")
+        ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left")
+    _save(fig, path)
+
+
+def plot_recall(recall_vs_k: dict[str, dict[str, float]], path: str | Path, title: str = "") -> None:
+    """Recall vs number of proposals kept: recall_vs_k = {k: {iou threshold: recall}}."""
+    fig, (ax,) = _figure(1, cell=4.5)
+    ks = [int(k) for k in recall_vs_k]
+    for t in next(iter(recall_vs_k.values())):
+        ax.plot(ks, [v[t] for v in recall_vs_k.values()], marker="o", ms=3, label=f"IoU >= {t}")
+    ax.set_xscale("log")
+    ax.set(title=title or "proposal recall", xlabel="number of proposals per image", ylabel="recall", ylim=(0, 1.02))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_training(history: list[dict], path: str | Path) -> None:
+    """Training curve from the run record: loss (total, cls, box), learning rate and the
+    validation loss/mAP against the iteration."""
+    steps = [h for h in history if "loss" in h]
+    vals = [h for h in history if "val_loss" in h]
+    fig, axes = _figure(3, cell=3.6)
+    it = [h["iteration"] for h in steps]
+    for key in ("loss", "loss_cls", "loss_box"):
+        axes[0].plot(it, [h[key] for h in steps], lw=1, label=key)
+    axes[0].set(title="training loss", xlabel="iteration", ylabel="loss")
+    axes[1].plot(it, [h["lr"] for h in steps], lw=1.5, color="tab:purple", label="learning rate")
+    axes[1].set(title="learning rate", xlabel="iteration", ylabel="lr")
+    if vals:
+        vi = [h["iteration"] for h in vals]
+        axes[2].plot(vi, [h["val_loss"] for h in vals], marker="o", label="val loss")
+        if any("val_mAP" in h for h in vals):
+            axes[2].plot(vi, [h.get("val_mAP", np.nan) for h in vals], marker="s", label="val mAP")
+    axes[2].set(title="validation", xlabel="iteration")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    _save(fig, path)

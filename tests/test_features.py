@@ -24,28 +24,28 @@ def test_cache_computes_once_and_decodes_only_on_a_miss(tmp_path):
         return image
 
     cache = FeatureCache(tmp_path / "cache", model)
-    a = cache.get(path, load, 160, flip=False)
-    b = cache.get(path, load, 160, flip=False)  # memory hit
+    a = cache.get(path, 160, False, load)
+    b = cache.get(path, 160, False, load)  # memory hit
     assert (cache.computed, cache.loaded, len(calls)) == (1, 0, 1)
     assert torch.equal(a.features, b.features)
     # float16 on disk; the map equals the trunk's output rounded to float16
     ref = model.compute_features(image, (160,))[0].features.half().float()
     # 120 x 160 at scale 160: shorter side 120 -> 160, width round(213.3) = 213
     assert torch.equal(a.features, ref) and (a.fx, a.fy) == (213 / 160, 160 / 120)
-    flipped = cache.get(path, load, 160, flip=True)
+    flipped = cache.get(path, 160, True, load)
     assert cache.computed == 2 and not torch.equal(flipped.features, a.features)
     # no memory: the second process-level read comes from disk, without decoding the image
     disk = FeatureCache(tmp_path / "cache", model, memory_mb=0)
-    c = disk.get(path, load, 160, flip=False)
+    c = disk.get(path, 160, False, load)
     assert (disk.computed, disk.loaded, len(calls)) == (0, 1, 2) and torch.equal(c.features, a.features)
     # a damaged file is recomputed
     disk.path(path, 160, False).write_bytes(b"garbage")
-    disk.get(path, load, 160, flip=False)
+    disk.get(path, 160, False, load)
     assert disk.computed == 1 and len(calls) == 3
     # another long-side cap is another resize rule: its own entry
     model.max_size = 150
     capped = FeatureCache(tmp_path / "cache", model, memory_mb=0)
-    d = capped.get(path, load, 160, flip=False)
+    d = capped.get(path, 160, False, load)
     assert capped.computed == 1 and d.features.shape != a.features.shape and (d.fx, d.fy) == (150 / 160, 112 / 120)
 
 
@@ -60,7 +60,7 @@ def test_two_shapes_sets_with_overlapping_ids_never_share_a_map(tmp_path):
     cache = FeatureCache(tmp_path / "cache", model)
     for ds in sets:
         for t in ds.targets:
-            fm = cache.get(t.path, lambda p=t.path: read_image(p), 128, flip=False)
+            fm = cache.get(t.path, 128, False, lambda p=t.path: read_image(p))
             ref = model.compute_features(read_image(t.path), (128,))[0]
             assert torch.equal(fm.features, ref.features.half().float()) and (fm.fx, fm.fy) == (ref.fx, ref.fy)
     assert cache.computed == 4 and len(list(cache.dir.rglob("*.pt"))) == 4

@@ -97,7 +97,7 @@ def test_eval_rejects_wrong_checkpoint(tmp_path, shapes_root):
 def test_eval_refuses_the_checkpoints_own_training_images(tmp_path, shapes_root, tiny_checkpoint):
     from hydra import compose, initialize_config_dir
 
-    from spp_det.engine.inference import evaluate_checkpoint
+    from spp_det.engine.eval_job import evaluate_checkpoint
     from spp_det.errors import SppDetError
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("eval", overrides=[f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",

@@ -11,7 +11,9 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from spp_det.engine.train import Trainer, WindowSampler, detection_loss, label_windows
+from spp_det.engine.loss import detection_loss
+from spp_det.engine.sampling import WindowSampler, label_windows
+from spp_det.engine.trainer import Trainer
 from spp_det.errors import SppDetError
 from spp_det.proposals import compute_missing
 
@@ -47,10 +49,11 @@ def test_sampler_fraction():
     import random
     e = label_windows(0, 100, torch.tensor([[0.0, 0, 10, 10]] * 10 + [[0.0, 0, 10, 4]] * 50),
                       torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1]))
-    s = WindowSampler([e], batch_windows=32, images_per_batch=2, fg_fraction=0.25, rng=random.Random(0))
-    batch = s.sample()
+    s = WindowSampler([e], batch_windows=32, images_per_batch=2, fg_fraction=0.25)
+    batch = s.sample(random.Random(0))
     assert len(batch) == 2
-    for entry, sel in batch:
+    for draw in batch:
+        entry, sel = e, draw.windows
         assert len(sel) == 16 and int((entry.labels[sel] > 0).sum()) == 4  # 25% of 16
         assert len(set(sel.tolist())) == 16  # without replacement
 
@@ -69,15 +72,15 @@ def test_detection_loss_hand_values():
 
 def fixed_batch_loss(trainer):
     import random
-    trainer.rng = random.Random(7)
     entries = trainer.prepare_windows(trainer.train_set)
-    sampler = WindowSampler(entries, 64, 4, 0.25, random.Random(3))
+    sampler = WindowSampler(entries, 64, 4, 0.25, flip=True, num_scales=len(trainer.model.train_scales))
+    batches = trainer.batches(trainer.train_set, sampler.entries)
+    rng = random.Random(3)
     total = 0.0
     trainer.model.eval()
     with torch.no_grad():
         for _ in range(3):
-            inputs, boxes, index, labels, targets = trainer.batch(trainer.train_set, sampler.sample())
-            cls, box = detection_loss(*trainer.model(inputs, boxes, index), labels, targets)
+            cls, box = trainer.losses(trainer.model, batches[sampler.sample(rng)])
             total += float(cls + box)
     trainer.model.train()
     return total
@@ -109,20 +112,27 @@ def test_resume_gives_identical_weights_and_features_are_reused(tmp_path, shapes
     # the second run over the same images reads every conv map from the disk cache
     again = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6"), tmp_path / "c")
     again.fit()
-    assert again.features.computed == 0 and again.features.loaded > 0
+    assert again.features.computed == 0 and again.train_batches.reader.loaded > 0
 
 
 PAPER = ("train=paper", "train.allow_random_frozen_trunk=true")
 
 
 def _record_batches(trainer, log):
-    """Wrap trainer.batch to log which image and windows each draw takes."""
-    original = trainer.batch
+    """Wrap the trainer's samplers to log which images and windows each draw takes."""
+    original = trainer.sampler
 
-    def batch(dataset, samples):
-        log.append([(e.index, sel.tolist()) for e, sel in samples])
-        return original(dataset, samples)
-    trainer.batch = batch
+    def sampler(entries):
+        s = original(entries)
+        sample = s.sample
+
+        def recording(rng):
+            plan = sample(rng)
+            log.append([(d.image, d.windows.tolist()) for d in plan])
+            return plan
+        s.sample = recording
+        return s
+    trainer.sampler = sampler
 
 
 def _ddp_env(rank, world, port):
@@ -188,7 +198,7 @@ def test_two_process_gloo_training_ranks_differ_and_resume_exactly(tmp_path, sha
 def _ddp_error_worker(rank, world, port, tmp_path, shapes_root, out):
     """Rank 0 meets an error where rank 1 waits for it; then one image fails on rank 1 only."""
     _ddp_env(rank, world, port)
-    import spp_det.engine.train as train_mod
+    import spp_det.engine.training_data as train_mod
     from spp_det.engine.inference import detect_dataset
     if rank == 0:
         def broken(*args, **kwargs):
@@ -243,7 +253,7 @@ def test_end_of_training_reports_best_pt(tmp_path, shapes_root, capsys):
     from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from spp_det.engine.evaluate import evaluate
     from spp_det.engine.inference import detect_dataset
-    from spp_det.engine.train import train_job
+    from spp_det.engine.train_job import train_job
     from spp_det.data import build_dataset
     cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=6", "train.val_every=2", "train.val_map_images=0",
                    "test_at_end=true", "test_subset=[0,3]", "solver.lr=0.003")

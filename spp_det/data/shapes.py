@@ -9,11 +9,12 @@ deterministic drawing and JPEG encoder).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ..files import write_atomic
 
 SHAPES_CLASSES = ["ellipse", "rectangle", "triangle"]
 SHAPES_DIR = "SHAPES"
@@ -113,12 +114,6 @@ def _voc_xml(stem: str, h: int, w: int, objects: list[tuple[str, list[int]]]) ->
     return "".join(rows)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def generate_shapes(root: str | Path, num_trainval: int = 240, num_test: int = 120,
                     seed: int = 0) -> Path:
     """Write the set under ``<root>/SHAPES`` and return that folder. Skips the work when a
@@ -141,14 +136,14 @@ def generate_shapes(root: str | Path, num_trainval: int = 240, num_test: int = 1
         img, objects = render_image(rng)
         ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         assert ok
-        _write_atomic(base / "JPEGImages" / f"{stem}.jpg", jpg.tobytes())
-        _write_atomic(base / "Annotations" / f"{stem}.xml",
+        write_atomic(base / "JPEGImages" / f"{stem}.jpg", jpg.tobytes())
+        write_atomic(base / "Annotations" / f"{stem}.xml",
                       _voc_xml(stem, img.shape[0], img.shape[1], objects).encode())
         splits[split].append(stem)
     for split, stems in splits.items():
-        _write_atomic(base / "ImageSets" / "Main" / f"{split}.txt", ("\n".join(stems) + "\n").encode())
+        write_atomic(base / "ImageSets" / "Main" / f"{split}.txt", ("\n".join(stems) + "\n").encode())
     # the test images as a list file for scripts/detect.py (input=data/shapes/test_images.txt)
-    _write_atomic(Path(root) / "test_images.txt",
+    write_atomic(Path(root) / "test_images.txt",
                   "".join(f"{SHAPES_DIR}/JPEGImages/{s}.jpg\n" for s in splits["test"]).encode())
-    _write_atomic(stamp, settings.encode())
+    write_atomic(stamp, settings.encode())
     return base

@@ -2,7 +2,6 @@
 loadable without the training config."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import SppDetError
+from ..files import save_torch_atomic
 from ..models import SPPNet, build_detector
 from ..models.backbones import load_torch_file
 
@@ -18,11 +18,7 @@ FORMAT = "spp_det/1"
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save through a temp file + rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    save_torch_atomic(path, {"format": FORMAT, **payload})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -39,3 +35,19 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def resume_path(resume, ckpt_dir: Path) -> Path | None:
+    """The checkpoint ``resume`` asks for: false/None -> none; true -> the run directory's
+    last.pt, which must exist; "auto" -> last.pt if it exists; otherwise a path."""
+    if resume is None or resume is False:
+        return None
+    last = ckpt_dir / "last.pt"
+    if resume is True or resume == "true":
+        if not last.is_file():
+            raise SppDetError(f"resume=true: {last} does not exist (no checkpoint in this run directory; pass "
+                              f"hydra.run.dir=<the run's directory>, or resume=auto to start afresh when there is none)")
+        return last
+    if resume == "auto":
+        return last if last.is_file() else None
+    return Path(resume)

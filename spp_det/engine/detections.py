@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -108,15 +107,6 @@ def from_results(dataset: DetectionDataset, results: list[dict], source: str = "
                     "scores": torch.tensor([d[1] for d in dets], dtype=torch.float32),
                     "labels": torch.tensor([d[2] for d in dets], dtype=torch.int64)})
     return out
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON through a temp file + rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=None if isinstance(obj, list) else 2))
-    os.replace(tmp, path)
 
 
 def load_results(path: str | Path) -> list[dict]:

@@ -5,15 +5,15 @@ import logging
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..boxes import xyxy_to_voc
 from ..data import CocoDetection, DetectionDataset
 from ..errors import SppDetError
 from .coco_ap import coco_evaluate
-from ..visualize import pr_grid
-from .detections import to_results, write_json_atomic
+from ..files import write_json_atomic
+from ..visualize import plot_pr_curves
+from .detections import to_results
 from .voc_ap import ClassResult, voc_eval_class
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def score_and_report(dataset: DetectionDataset, detections: list[dict], metric: 
     log.info("\n%s", table)
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)
     if plot and curves:
-        grid = pr_grid({n: (c.recall, c.precision, metrics["AP"][n]) for n, c in curves.items()})
-        cv2.imwrite(str(Path(out_dir) / "pr_curves.png"), grid)
+        plot_pr_curves({n: (c.recall, c.precision, metrics["AP"][n]) for n, c in curves.items()},
+                       Path(out_dir) / "pr_curves.png")
     log.info("wrote %s", Path(out_dir) / "metrics.json")
     return metrics

@@ -5,20 +5,33 @@ the resize factors, written atomically. Keyed by what determines the map and not
 else: a digest of the trunk's weights and normalisation (another trunk or checkpoint
 never reads stale maps), the digest of the image file's bytes (two data sets whose ids
 overlap, or a regenerated set, never share a map), the scale and the long-side cap.
+
+:class:`FeatureReader` only reads (picklable: what DataLoader workers get);
+:class:`FeatureCache` also computes, one map on a miss (``get``) or every missing map of
+a data set before training (``fill``), after checking that they fit on the disk.
 """
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
+import shutil
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from ..data import image_digest
+from ..data import DetectionDataset, image_digest
+from ..errors import SppDetError
+from ..files import save_torch_atomic
 from ..models import FeatureMap, SPPNet
+from .loader import loader_kwargs
+
+log = logging.getLogger(__name__)
 
 
 def trunk_digest(model: SPPNet) -> str:
@@ -29,19 +42,14 @@ def trunk_digest(model: SPPNet) -> str:
     return h.hexdigest()[:12]
 
 
-class FeatureCache:
-    """get(image_path, load_image, scale, flip) -> FeatureMap, computed with the model's
-    trunk on a miss and stored; the image is only decoded on a miss. Recently used maps also stay
-    in memory (LRU, ``memory_mb``), so a small data set is read from disk once.
-    ``computed`` counts trunk runs, ``loaded`` disk reads (tests use them)."""
+class FeatureReader:
+    """Reads cached maps: ``load(image_path, scale, flip)`` -> FeatureMap or None (missing
+    or damaged). Recently used maps stay in memory (LRU, ``memory_mb``); ``loaded`` counts
+    disk reads."""
 
-    def __init__(self, root: str | Path, model: SPPNet, dtype: torch.dtype = torch.float16,
-                 memory_mb: float = 1024) -> None:
-        self.dir = Path(root) / f"{model.trunk.name}-{trunk_digest(model)}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.model = model
-        self.dtype = dtype
-        self.computed = 0
+    def __init__(self, directory: Path, max_size: int, memory_mb: float = 1024) -> None:
+        self.dir = Path(directory)
+        self.max_size = int(max_size)
         self.loaded = 0
         self.memory_bytes = int(memory_mb * 2 ** 20)
         self._memory: OrderedDict[str, tuple[torch.Tensor, float, float]] = OrderedDict()
@@ -56,13 +64,9 @@ class FeatureCache:
 
     def path(self, image_path: str | Path, scale: int, flip: bool) -> Path:
         key = image_digest(image_path)
-        return self.dir / key[:2] / f"{key}_s{scale}_m{self.model.max_size}{'_f' if flip else ''}.pt"
+        return self.dir / key[:2] / f"{key}_s{scale}_m{self.max_size}{'_f' if flip else ''}.pt"
 
-    @torch.no_grad()
-    def get(self, image_path: str | Path, load_image: Callable[[], np.ndarray], scale: int,
-            flip: bool) -> FeatureMap:
-        """image_path: the image's file (its content is the key); load_image() -> its
-        pixels, (H, W, 3) uint8 RGB, NOT flipped (the flip is applied here)."""
+    def load(self, image_path: str | Path, scale: int, flip: bool) -> FeatureMap | None:
         path = self.path(image_path, scale, flip)
         if path.name in self._memory:
             self._memory.move_to_end(path.name)
@@ -70,24 +74,125 @@ class FeatureCache:
             return FeatureMap(feats.float(), fx, fy)
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-            self.loaded += 1
-            self._remember(path.name, data["features"], data["fx"], data["fy"])
-            return FeatureMap(data["features"].float(), data["fx"], data["fy"])
         except FileNotFoundError:
-            pass
-        except Exception:  # a damaged file (killed writer, disk error): recompute it
+            return None
+        except Exception:  # a damaged file (killed writer, disk error): recomputed by the owner
             path.unlink(missing_ok=True)
-        image = load_image()
+            return None
+        self.loaded += 1
+        self._remember(path.name, data["features"], data["fx"], data["fy"])
+        return FeatureMap(data["features"].float(), data["fx"], data["fy"])
+
+    def get(self, image_path: str | Path, scale: int, flip: bool) -> FeatureMap:
+        """Like ``load``, but a missing map is an error naming the image."""
+        fm = self.load(image_path, scale, flip)
+        if fm is None:
+            raise SppDetError(f"{image_path}: conv map (scale {scale}{', flipped' if flip else ''}) missing "
+                              f"from the cache {self.dir}")
+        return fm
+
+
+class _Images(Dataset):
+    """(index, image (H, W, 3) uint8 RGB or None, error message or None) per image."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.dataset[i][0], None
+        except SppDetError as exc:
+            return i, None, str(exc)
+
+
+class FeatureCache(FeatureReader):
+    """The reader plus the model that computes maps. ``computed`` counts trunk runs."""
+
+    def __init__(self, root: str | Path, model: SPPNet, dtype: torch.dtype = torch.float16,
+                 memory_mb: float = 1024) -> None:
+        super().__init__(Path(root) / f"{model.trunk.name}-{trunk_digest(model)}", model.max_size, memory_mb)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.model = model
+        self.dtype = dtype
+        self.computed = 0
+
+    def reader(self, memory_mb: float | None = None) -> FeatureReader:
+        """A read-only view for worker processes (no model to pickle)."""
+        return FeatureReader(self.dir, self.max_size, self.memory_bytes / 2 ** 20 if memory_mb is None else memory_mb)
+
+    @torch.no_grad()
+    def compute(self, image_path: str | Path, image: np.ndarray, scale: int, flip: bool) -> FeatureMap:
+        """Run the trunk (eval mode) on image (H, W, 3) uint8 RGB, NOT flipped, and store."""
         img = np.ascontiguousarray(image[:, ::-1]) if flip else image
         was_training = self.model.trunk.training
         self.model.trunk.eval()
         fm = self.model.compute_features(img, (scale,))[0]
         self.model.trunk.train(was_training)
         self.computed += 1
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({"features": fm.features.to(self.dtype).cpu(), "fx": fm.fx, "fy": fm.fy}, tmp)
-        os.replace(tmp, path)
         stored = fm.features.to(self.dtype).cpu()
+        path = self.path(image_path, scale, flip)
+        save_torch_atomic(path, {"features": stored, "fx": fm.fx, "fy": fm.fy})
         self._remember(path.name, stored, fm.fx, fm.fy)
         return FeatureMap(stored.float(), fm.fx, fm.fy)
+
+    def get(self, image_path: str | Path, scale: int, flip: bool,  # type: ignore[override]
+            load_image: Callable[[], np.ndarray] | None = None) -> FeatureMap:
+        """The cached map, computed on a miss (the image is decoded only then)."""
+        fm = self.load(image_path, scale, flip)
+        if fm is None:
+            if load_image is None:
+                return super().get(image_path, scale, flip)
+            fm = self.compute(image_path, load_image(), scale, flip)
+        return fm
+
+    def map_bytes(self, height: int, width: int, scale: int) -> int:
+        """Bytes of one stored map of an image of height x width at ``scale``."""
+        resized, _, _ = self.model.resize(np.zeros((height, width, 1), np.uint8), scale)
+        h, w = self.model.trunk.output_size(*resized.shape[:2])
+        return self.model.trunk.out_channels * h * w * torch.finfo(self.dtype).bits // 8
+
+    def fill(self, dataset: DetectionDataset, scales: tuple[int, ...], flips: tuple[bool, ...],
+             workers: int = 0, progress: bool = True) -> list[str]:
+        """Compute every missing map of ``dataset`` at ``scales`` x ``flips`` (the released
+        code's feature pass before fine-tuning), images decoded by ``workers`` processes.
+        First prints the cache's expected size and the free space on its disk, and refuses
+        to start when the missing maps cannot fit. Returns the failures ("path: reason")."""
+        todo, total, missing = {}, 0, 0
+        for i, t in enumerate(dataset.targets):
+            for s in scales:
+                size = self.map_bytes(t.height, t.width, s)
+                for f in flips:
+                    total += size
+                    try:
+                        present = self.path(t.path, s, f).is_file()
+                    except SppDetError:
+                        present = False  # unreadable: reported by the pass below
+                    if not present:
+                        missing += size
+                        todo.setdefault(i, []).append((s, f))
+        n_maps = len(dataset) * len(scales) * len(flips)
+        free = shutil.disk_usage(self.dir).free
+        print(f"conv-map cache {self.dir}: {n_maps} maps, about {total / 2 ** 30:.2f} GiB "
+              f"({total / max(1, n_maps) / 2 ** 20:.2f} MiB per map), {missing / 2 ** 30:.2f} GiB still to "
+              f"compute; {free / 2 ** 30:.1f} GiB free on that disk", file=sys.stderr)
+        if missing > free:
+            raise SppDetError(f"{self.dir}: the conv-map cache needs {missing / 2 ** 30:.1f} GiB more but the disk "
+                              f"has {free / 2 ** 30:.1f} GiB free: set train.feature_cache to a bigger disk, or use "
+                              f"fewer model.train_scales")
+        failures = []
+        if not todo:
+            return failures
+        images = DataLoader(_Images(dataset.subset(sorted(todo))), batch_size=None, **loader_kwargs(workers))
+        order = sorted(todo)
+        for k, image, error in tqdm(images, total=len(order), desc="conv maps", unit="img",
+                                    disable=not progress, file=sys.stderr):
+            t = dataset.targets[order[k]]
+            if error is not None:
+                failures.append(error)
+                continue
+            for s, f in todo[order[k]]:
+                self.compute(t.path, image, s, f)
+        return failures

@@ -4,20 +4,17 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data import DetectionDataset, build_dataset
+from ..data import DetectionDataset
 from ..errors import SppDetError
 from ..models import RCNN, SPPNet
-from ..proposals import ProposalStore, SelectiveSearchConfig, build_proposals, proposals_for
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .detections import to_results, write_json_atomic
-from .distributed import gather_lists, init_distributed
-from .evaluate import score_and_report
+from ..proposals import ProposalStore, SelectiveSearchConfig, proposals_for
+from .distributed import gather_lists
+from .loader import loader_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -27,40 +24,66 @@ def empty_detections() -> dict[str, torch.Tensor]:
     return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
 
 
+class InferenceImages(Dataset):
+    """Per image position i: (i, image (H, W, 3) uint8 RGB, windows (N, 4), None), or
+    (i, None, None, "path: reason") when it cannot be read; the windows come from the
+    store, or are computed (and stored) on a miss. Loader workers run this."""
+
+    def __init__(self, dataset: DetectionDataset, indices: list[int], store: ProposalStore,
+                 ss: SelectiveSearchConfig, max_windows: int | None = None) -> None:
+        self.dataset, self.indices, self.store, self.ss = dataset, indices, store, ss
+        self.max_windows = max_windows
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        try:
+            image, target = self.dataset[i]
+            boxes = torch.from_numpy(proposals_for(self.store, target.path, image, self.ss))[:self.max_windows]
+            return i, image, boxes, None
+        except SppDetError as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # an odd file: name it, keep the other images
+            return i, None, None, f"{self.dataset.targets[i].path}: cannot load ({type(exc).__name__}: {exc})"
+
+
 def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: ProposalStore,
                    ss: SelectiveSearchConfig, scales: tuple[int, ...] | None = None,
                    score_thresh: float = 0.001, nms_thresh: float = 0.3, max_per_image: int = 100,
                    rank: int = 0, world: int = 1, progress: bool = True,
-                   max_windows: int | None = None) -> tuple[list[dict] | None, dict, list[str]]:
+                   max_windows: int | None = None, workers: int = 0) -> tuple[list[dict] | None, dict, list[str]]:
     """Detections for every image (aligned with ``dataset.targets``), timing, failures.
 
     max_windows: score only the first N windows of each image (selective search's order),
     e.g. to compare SPP and R-CNN mode on the same, affordable set.
     With world > 1 each rank takes every world-th image; rank 0 gets the merged list,
-    the others None. Proposals missing from the store are computed and saved.
-    An image that fails (unreadable, or anything unexpected) gets no detections and is
-    listed in the failures ("path: reason", all ranks' on every rank): one bad image
-    never loses the others' results, nor leaves another rank waiting.
+    the others None. ``workers`` loader processes decode images and fetch (or compute)
+    their windows while the model runs. An image that fails (unreadable, or anything
+    unexpected) gets no detections and is listed in the failures ("path: reason", all
+    ranks' on every rank): one bad image never loses the others' results, nor leaves
+    another rank waiting.
     """
     was_training = model.training
     model.eval()
     mine = list(range(rank, len(dataset), world))
     results, failures, seconds = [], [], 0.0
-    for i in tqdm(mine, desc="detect", unit="img", disable=not progress or rank != 0, file=sys.stderr):
-        path = dataset.targets[i].path
+    loader = DataLoader(InferenceImages(dataset, mine, store, ss, max_windows), batch_size=None,
+                        **loader_kwargs(workers))
+    for i, image, boxes, error in tqdm(loader, total=len(mine), desc="detect", unit="img",
+                                       disable=not progress or rank != 0, file=sys.stderr):
+        if error is not None:
+            failures.append(error)
+            continue
         try:
-            image, target = dataset[i]
-            boxes = torch.from_numpy(proposals_for(store, target.path, image, ss))[:max_windows]
             t0 = time.perf_counter()
             det = model.predict(image, boxes, scales=scales, score_thresh=score_thresh, nms_thresh=nms_thresh,
                                 max_per_image=max_per_image)
             seconds += time.perf_counter() - t0
-        except SppDetError as exc:
-            failures.append(str(exc))
-            continue
         except Exception as exc:  # a bug or an odd image: name it, keep the other images
-            log.exception("%s: detection failed", path)
-            failures.append(f"{path}: detection failed ({type(exc).__name__}: {exc})")
+            log.exception("%s: detection failed", dataset.targets[i].path)
+            failures.append(f"{dataset.targets[i].path}: detection failed ({type(exc).__name__}: {exc})")
             continue
         results.append((i, {k: v.cpu() for k, v in det.items()}, len(boxes)))
     model.train(was_training)
@@ -83,37 +106,3 @@ def report_failures(failures: list[str]) -> None:
     for msg in failures:
         print(f"error: {msg}", file=sys.stderr)
         log.error("%s", msg)
-
-
-def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
-    if list(ckpt["classes"]) != list(dataset.classes):
-        raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from dataset "
-                          f"'{dataset.name}' classes {dataset.classes} (wrong checkpoint or dataset?)")
-
-
-def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """scripts/eval.py with checkpoint=...: detections.json, metrics.json, pr_curves.png."""
-    rank, world = init_distributed(cfg.device)
-    ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, cfg.device)
-    dataset = build_dataset(cfg.dataset, cfg.split).take(cfg.subset)
-    check_classes(ckpt, dataset, cfg.checkpoint)
-    if ckpt.get("train_images"):
-        dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
-    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
-    store, ss = build_proposals(prop_cfg)
-    runner = RCNN(model).eval() if cfg.get("rcnn") else model
-    scales = tuple(cfg.test.scales) if cfg.test.scales else None
-    detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
-                                                  cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
-                                                  max_windows=cfg.test.get("max_windows"))
-    if rank != 0:
-        return None
-    write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
-    print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
-          f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
-    metrics = score_and_report(dataset, detections, cfg.metric, out_dir, cfg.plot,
-                               extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp",
-                                      "failed_images": failures, **timing})
-    report_failures(failures)
-    return metrics

@@ -42,29 +42,34 @@ def receptive_geometry(layers: list[nn.Module]) -> tuple[int, float]:
     return stride, centre
 
 
-def min_input_size(layers: list[nn.Module], limit: int = 4096) -> int:
-    """The smallest input side (pixels) for which every conv/pool layer of the chain still
-    has an output cell, by torch's own size rule: (in + 2p - d(k - 1) - 1) / s + 1 rounded
-    down, or up for ceil-mode pools (whose last window must start inside the input or its
-    left padding). Smaller images are padded up to it."""
-    for size in range(1, limit):
-        n = size
-        for layer in layers:
-            if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                continue
-            k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
-            d = _pair0(getattr(layer, "dilation", 1))
-            span = n + 2 * p - d * (k - 1) - 1
-            if getattr(layer, "ceil_mode", False):
-                out = -(-span // s) + 1
-                if (out - 1) * s >= n + p:
-                    out -= 1
-            else:
-                out = span // s + 1 if span >= 0 else 0
-            if out < 1:
-                break
-            n = out
+def chain_output(layers: list[nn.Module], size: int) -> int:
+    """Output side (cells) of a chain of conv/pool layers for an input side of ``size``
+    pixels, by torch's own size rule: (in + 2p - d(k - 1) - 1) / s + 1 rounded down, or up
+    for ceil-mode pools (whose last window must start inside the input or its left
+    padding). 0 when some layer has no output cell."""
+    n = size
+    for layer in layers:
+        if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            continue
+        k, s, p = _pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding)
+        d = _pair0(getattr(layer, "dilation", 1))
+        span = n + 2 * p - d * (k - 1) - 1
+        if getattr(layer, "ceil_mode", False):
+            out = -(-span // s) + 1
+            if (out - 1) * s >= n + p:
+                out -= 1
         else:
+            out = span // s + 1 if span >= 0 else 0
+        if out < 1:
+            return 0
+        n = out
+    return n
+
+
+def min_input_size(layers: list[nn.Module], limit: int = 4096) -> int:
+    """The smallest input side (pixels) with an output cell; smaller images are padded."""
+    for size in range(1, limit):
+        if chain_output(layers, size) >= 1:
             return size
     raise ValueError("no input size up to the limit passes this chain of layers")
 
@@ -86,9 +91,16 @@ class Trunk(nn.Module):
         self.out_channels = out_channels
         self.stride, self.centre0 = receptive_geometry(geometry_layers)
         self.min_input = min_input_size(geometry_layers)
+        self._geometry_layers = geometry_layers
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.bn_frozen = False
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') of the map of an input of height x width pixels (padded up to
+        ``min_input`` as the detector does)."""
+        return (chain_output(self._geometry_layers, max(height, self.min_input)),
+                chain_output(self._geometry_layers, max(width, self.min_input)))
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB (or float 0..255) -> normalised float."""

@@ -35,6 +35,17 @@ def resize_factor(height: int, width: int, scale: int, max_size: int) -> float:
     return min(f, max_size / max(height, width))
 
 
+def resize_image(image: np.ndarray, scale: int, max_size: int) -> tuple[np.ndarray, float, float]:
+    """(H, W, 3) uint8 RGB -> (resized uint8 image, fx, fy): the shorter side becomes
+    ``scale`` unless the longer would exceed ``max_size``. Pure numpy/OpenCV, so data
+    loader workers can run it."""
+    h, w = image.shape[:2]
+    f = resize_factor(h, w, scale, max_size)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
+    return np.ascontiguousarray(resized), nw / w, nh / h
+
+
 def postprocess_detections(probs: torch.Tensor, boxes: torch.Tensor, score_thresh: float = 0.001,
                            nms_thresh: float = 0.3, max_per_image: int = 100) -> dict[str, torch.Tensor]:
     """Per-class score threshold, per-class NMS and a cap per image.
@@ -85,23 +96,28 @@ class SPPNet(nn.Module):
         self.box_coder = BoxCoder(tuple(box_weights))
 
     # ---- images -> feature maps -------------------------------------------------------
-    def prepare(self, image: np.ndarray, scale: int) -> tuple[torch.Tensor, float, float]:
-        """Resize (shorter side = scale) and normalise one (H, W, 3) uint8 RGB image.
-        Returns ((1, 3, h, w) float tensor on the trunk's device, fx, fy).
+    def resize(self, image: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
+        """:func:`resize_image` with this model's ``max_size``."""
+        return resize_image(image, scale, self.max_size)
 
-        A side shorter than the trunk's smallest input (a 3x900 strip capped by
-        ``max_size``) is padded at the bottom/right with the mean colour (0 once
+    def to_input(self, resized: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A resized (h, w, 3) uint8 RGB image -> (1, 3, h', w') normalised float tensor on
+        the trunk's device. A side shorter than the trunk's smallest input (a 3x900 strip
+        capped by ``max_size``) is padded at the bottom/right with the mean colour (0 once
         normalised): windows keep their coordinates, and the trunk always has a map."""
-        h, w = image.shape[:2]
-        f = resize_factor(h, w, scale, self.max_size)
-        nh, nw = max(1, round(h * f)), max(1, round(w * f))
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-        x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+        x = torch.as_tensor(resized).permute(2, 0, 1)[None]
         x = self.trunk.normalize(x.to(self.trunk.mean.device))
+        nh, nw = x.shape[-2:]
         need = self.trunk.min_input
         if nh < need or nw < need:
             x = F.pad(x, (0, max(0, need - nw), 0, max(0, need - nh)))
-        return x, nw / w, nh / h
+        return x
+
+    def prepare(self, image: np.ndarray, scale: int) -> tuple[torch.Tensor, float, float]:
+        """Resize and normalise one (H, W, 3) uint8 RGB image: ((1, 3, h, w) on the trunk's
+        device, fx, fy)."""
+        resized, fx, fy = self.resize(image, scale)
+        return self.to_input(resized), fx, fy
 
     def compute_features(self, image: np.ndarray, scales: tuple[int, ...]) -> list[FeatureMap]:
         """Run the trunk once per scale. image: (H, W, 3) uint8 RGB."""

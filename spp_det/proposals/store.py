@@ -13,14 +13,13 @@ File format (written by hand because it is the project's own contract): 8-byte m
 uint32 count N, uint32 CRC32 of the payload, then N*4 float32 xyxy. A truncated or
 damaged file fails the length or CRC check and is recomputed, never read as valid; the
 bytes are a pure function of the boxes, so an interrupted-then-resumed run leaves the
-same store as an uninterrupted one. Writes go to a temp file, then ``os.replace``.
+same store as an uninterrupted one. Writes go through ``files.write_atomic``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import pickle
 import struct
 import zlib
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..data import image_digest
 from ..errors import SppDetError
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,6 @@ def decode_boxes(data: bytes) -> np.ndarray | None:
     if magic != MAGIC or len(payload) != 16 * n or zlib.crc32(payload) != crc:
         return None
     return np.frombuffer(payload, dtype="<f4").reshape(n, 4).astype(np.float32)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ProposalStore:

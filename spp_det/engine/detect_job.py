@@ -1,0 +1,73 @@
+"""scripts/detect.py's job: detect objects in a folder, one image or a list of images,
+and write the pictures with their boxes plus ``detections.json``."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ..data import list_images, output_names, read_image
+from ..errors import SppDetError
+from ..files import write_json_atomic
+from ..proposals import build_proposals, compute_missing
+from ..visualize import draw_detections
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .detections import image_results
+
+log = logging.getLogger(__name__)
+
+
+def detect_job(cfg: DictConfig) -> list[str]:
+    """scripts/detect.py. Returns the list of failures ("path: reason").
+
+    Results carry each image's name (its path relative to the input) as ``image_id``;
+    pictures go to ``output/<name>`` (see ``data.output_names``). An image that fails,
+    for whatever reason, is named and the others' results are still written."""
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt, cfg.device)
+    classes = list(ckpt["classes"])
+    entries = list_images(cfg.input)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
+    store, ss = build_proposals(prop_cfg)
+    stats = compute_missing(store, [f for f, _ in entries], ss, workers=cfg.workers)
+    failures: list[str] = list(stats.failed)
+    results = []
+    scales = tuple(cfg.scales) if cfg.scales else None
+    cats = [None] + classes
+    todo = [(f, name, pic) for (f, name), pic in zip(entries, output_names([n for _, n in entries]))]
+    for f, name, pic in tqdm(todo, desc="detect", unit="img", file=sys.stderr):
+        try:
+            boxes = store.get(f)
+            if boxes is None:
+                continue  # its selective search failed: already in ``failures``
+            image = read_image(f)
+            det = model.predict(image, torch.from_numpy(boxes), scales=scales, score_thresh=cfg.score_thresh,
+                                nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
+            target = out / pic
+            target.parent.mkdir(parents=True, exist_ok=True)
+            drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
+            if not cv2.imwrite(str(target), drawn):
+                raise SppDetError(f"{target}: could not write the picture")
+        except SppDetError as exc:
+            if str(exc) not in failures:
+                failures.append(str(exc))
+            continue
+        except Exception as exc:  # a bug or an odd image: name it, keep the other images' results
+            log.exception("%s: detection failed", f)
+            failures.append(f"{f}: detection failed ({type(exc).__name__}: {exc})")
+            continue
+        results += image_results(name, det, cats)
+    write_json_atomic(out / "detections.json", results)
+    for msg in failures:
+        print(f"error: {msg}", file=sys.stderr)
+        log.error("%s", msg)
+    print(f"{len(entries) - len(failures)} image(s) processed, {len(failures)} failed, "
+          f"{len(results)} detections -> {out}")
+    return failures

@@ -1,0 +1,116 @@
+"""scripts/eval.py's job: score a detections file, or run a checkpoint over a split first.
+
+With a checkpoint, the data set, its classes and the proposal settings are the ones the
+checkpoint was trained with unless the command line says otherwise: ``dataset=<name>``
+picks another data set, ``+dataset.root=...`` (or any ``+dataset.<key>``) changes a key
+of the checkpoint's own.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..boxes import xyxy_to_voc
+from ..data import CocoDetection, DetectionDataset, build_dataset
+from ..errors import SppDetError
+from ..files import write_atomic, write_json_atomic
+from ..models import RCNN
+from ..proposals import build_proposals
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .cli import run_dir
+from .detections import from_results, load_results, to_results
+from .distributed import init_distributed
+from .evaluate import score_and_report
+from .inference import detect_dataset, report_failures
+
+log = logging.getLogger(__name__)
+
+
+def dataset_config(cfg: DictConfig, ckpt: dict | None) -> DictConfig:
+    """The data set node to evaluate on: the user's choice (``dataset=<name>``), else the
+    checkpoint's, with any ``+dataset.<key>`` the user gave merged over it; classes left
+    unset (null) are the checkpoint's."""
+    given = cfg.get("dataset")
+    if ckpt is None:
+        if given is None or "kind" not in given:
+            raise SppDetError("scoring a detections file needs the data set: give dataset=<name>")
+        return given
+    if given is not None and "kind" in given:
+        node = given
+    elif "dataset_cfg" in ckpt:
+        node = OmegaConf.merge(OmegaConf.create(ckpt["dataset_cfg"]), given or {})
+    else:
+        raise SppDetError(f"{cfg.checkpoint}: the checkpoint does not say its data set: give dataset=<name>")
+    if not node.get("classes"):
+        node = OmegaConf.merge(node, {"classes": list(ckpt["classes"])})
+    return node
+
+
+def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
+    if list(ckpt["classes"]) != list(dataset.classes):
+        raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from dataset "
+                          f"'{dataset.name}' classes {dataset.classes} (wrong checkpoint or dataset?)")
+
+
+def write_voc_submission(dataset: DetectionDataset, detections: list[dict], split: str, out_dir: Path) -> Path:
+    """The devkit's result files, ``results/<set>/Main/comp4_det_<split>_<class>.txt``: one
+    line ``<image id> <score> <xmin> <ymin> <xmax> <ymax>`` per detection, in VOC's
+    1-based pixel coordinates (what the evaluation server reads). Returns the folder."""
+    folder = out_dir / "results" / "VOC" / "Main"
+    lines: dict[int, list[str]] = {label: [] for label in range(1, len(dataset.classes) + 1)}
+    for target, det in zip(dataset.targets, detections):
+        for box, score, label in zip(xyxy_to_voc(det["boxes"]).tolist(), det["scores"].tolist(),
+                                     det["labels"].tolist()):
+            lines[label].append(f"{target.image_id} {score:.6f} " + " ".join(f"{v:.1f}" for v in box))
+    for label, rows in lines.items():
+        write_atomic(folder / f"comp4_det_{split}_{dataset.classes[label - 1]}.txt",
+                     "".join(r + "\n" for r in rows).encode())
+    return folder
+
+
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """Run ``cfg.checkpoint`` over the split: detections.json, metrics.json, pr_curves.png
+    and, for VOC-layout data, the devkit's submission files."""
+    rank, world = init_distributed(cfg.device)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = model_from_checkpoint(ckpt, cfg.device)
+    dataset = build_dataset(dataset_config(cfg, ckpt), cfg.split).take(cfg.subset)
+    check_classes(ckpt, dataset, cfg.checkpoint)
+    if ckpt.get("train_images"):
+        dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
+    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
+    store, ss = build_proposals(prop_cfg)
+    runner = RCNN(model).eval() if cfg.get("rcnn") else model
+    scales = tuple(cfg.test.scales) if cfg.test.scales else None
+    detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
+                                                  cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
+                                                  max_windows=cfg.test.get("max_windows"),
+                                                  workers=cfg.get("loader_workers", 0))
+    if rank != 0:
+        return None
+    write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
+    if not isinstance(dataset, CocoDetection):
+        print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir)}")
+    print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
+          f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
+    metric = cfg.metric or dataset_config(cfg, ckpt).metric
+    metrics = score_and_report(dataset, detections, metric, out_dir, cfg.plot,
+                               extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp",
+                                      "failed_images": failures, **timing})
+    report_failures(failures)
+    return metrics
+
+
+def evaluate_job(cfg: DictConfig) -> dict:
+    """scripts/eval.py: score ``cfg.detections`` or run ``cfg.checkpoint`` first."""
+    out_dir = run_dir()
+    if (cfg.detections is None) == (cfg.checkpoint is None):
+        raise SppDetError("give exactly one of detections=<file> or checkpoint=<file>")
+    if cfg.detections is not None:
+        node = dataset_config(cfg, None)
+        dataset = build_dataset(node, cfg.split).take(cfg.subset)
+        detections = from_results(dataset, load_results(cfg.detections), str(cfg.detections))
+        return score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot)
+    return evaluate_checkpoint(cfg, out_dir)

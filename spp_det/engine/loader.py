@@ -1,0 +1,39 @@
+"""DataLoader settings shared by training, the conv-map pass and inference.
+
+Worker processes decode images and read cached maps while the main process runs the
+network. They are started with ``spawn``: a forked child inherits OpenCV's and OpenMP's
+thread pools in whatever state the parent left them and can deadlock on its first cv2
+call (seen with selective search). Each worker uses one thread for OpenCV and torch: the
+main process keeps the cores for the network.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def keep(item: Any) -> Any:
+    """Collate function that returns the item untouched (our items are already batches)."""
+    return item
+
+
+def init_worker(_worker_id: int) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def loader_kwargs(workers: int, prefetch: int = 2) -> dict:
+    """Keyword arguments of ``torch.utils.data.DataLoader`` for ``workers`` processes (0:
+    load in the main process, as a plain loop would)."""
+    import torch
+
+    workers = int(workers or 0)
+    # A generator of its own: creating a loader iterator draws a seed, and drawing it from
+    # the global stream would shift dropout's random numbers (and break exact resume).
+    common = {"collate_fn": keep, "generator": torch.Generator().manual_seed(0)}
+    if workers == 0:
+        return {"num_workers": 0, **common}
+    return {"num_workers": workers, "multiprocessing_context": "spawn", "worker_init_fn": init_worker,
+            "prefetch_factor": prefetch, **common}

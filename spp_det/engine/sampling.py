@@ -1,0 +1,125 @@
+"""Training windows: labelling against the ground truth, and drawing mini-batches of them.
+
+A mini-batch is drawn as a *plan* (which images, which of their windows, flips and scales)
+from a random stream that is a pure function of (seed, rank, draw number). Loading the
+plan (decoding images, reading cached conv maps) then happens wherever convenient, in
+DataLoader worker processes included, and a resumed run draws exactly what an
+uninterrupted one draws, on every rank, without saving any sampler state but the count.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..boxes import box_iou
+from ..data import DetectionDataset
+from ..errors import SppDetError
+
+
+@dataclass
+class ImageWindows:
+    """Training windows of one image. windows: (N, 4) original pixels (proposals, plus the
+    ground truth when asked); labels: (N,) class of a foreground window, 0 background,
+    -1 neither; gt_index: (N,) the matched ground-truth box; gt: (G, 4)."""
+
+    index: int
+    width: int
+    windows: torch.Tensor
+    labels: torch.Tensor
+    gt_index: torch.Tensor
+    gt: torch.Tensor
+
+    @property
+    def fg(self) -> torch.Tensor:
+        return (self.labels > 0).nonzero().squeeze(1)
+
+    @property
+    def bg(self) -> torch.Tensor:
+        return (self.labels == 0).nonzero().squeeze(1)
+
+
+def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor,
+                  fg_iou: float = 0.5, bg_iou: tuple[float, float] = (0.1, 0.5)) -> ImageWindows:
+    """Match windows (N, 4) to ground truth (G, 4): foreground at IoU >= fg_iou (class of
+    the best-overlapping box), background at IoU in [bg_iou[0], bg_iou[1])."""
+    labels = torch.full((len(windows),), -1, dtype=torch.long)
+    gt_index = torch.zeros(len(windows), dtype=torch.long)
+    if len(gt):
+        iou, gt_index = box_iou(windows, gt).max(dim=1)
+        labels[(iou >= bg_iou[0]) & (iou < bg_iou[1])] = 0
+        fg = iou >= fg_iou
+        labels[fg] = gt_labels[gt_index[fg]]
+    elif bg_iou[0] <= 0:
+        labels[:] = 0
+    return ImageWindows(index, width, windows, labels, gt_index, gt)
+
+
+@dataclass
+class Draw:
+    """One image's share of a mini-batch (small: it travels to loader workers). image: the
+    data set position (``ImageWindows.index``); windows: (K,) indices into that image's
+    windows; flip: mirror the image; scales: (K,) index into the training scales per
+    window (one value repeated when the whole image has one scale)."""
+
+    image: int
+    windows: torch.Tensor
+    flip: bool
+    scales: torch.Tensor
+
+
+def draw_rng(seed: int, rank: int, draw: int) -> random.Random:
+    """The random stream of one mini-batch draw: a pure function of its arguments."""
+    return random.Random(f"spp_det/{seed}/{rank}/{draw}")
+
+
+class WindowSampler:
+    """Draws mini-batches: ``images_per_batch`` images (only images that have windows of
+    either kind), ``batch_windows / images_per_batch`` windows each, up to ``fg_fraction``
+    of them foreground, sampled without replacement within an image; a random flip per
+    image (``flip``) and a random scale out of ``num_scales`` per window
+    (``scale_per_window``, the released code's frozen-trunk training) or per image."""
+
+    def __init__(self, entries: list[ImageWindows], batch_windows: int, images_per_batch: int,
+                 fg_fraction: float, flip: bool = False, num_scales: int = 1,
+                 scale_per_window: bool = True) -> None:
+        self.entries = [e for e in entries if len(e.fg) or len(e.bg)]
+        if not self.entries:
+            raise SppDetError("no training image has a foreground or background window")
+        self.per_image = max(1, batch_windows // images_per_batch)
+        self.images_per_batch = images_per_batch
+        self.fg_fraction = fg_fraction
+        self.flip = flip
+        self.num_scales = num_scales
+        self.scale_per_window = scale_per_window
+
+    @staticmethod
+    def _pick(rng: random.Random, pool: torch.Tensor, n: int) -> list[int]:
+        items = pool.tolist()
+        return rng.sample(items, min(n, len(items)))
+
+    def sample(self, rng: random.Random) -> list[Draw]:
+        out = []
+        for _ in range(self.images_per_batch):
+            e = self.entries[rng.randrange(len(self.entries))]
+            fg = self._pick(rng, e.fg, round(self.fg_fraction * self.per_image))
+            bg = self._pick(rng, e.bg, self.per_image - len(fg))
+            sel = torch.tensor(fg + bg, dtype=torch.long)
+            flip = self.flip and rng.random() < 0.5
+            if self.scale_per_window:
+                scales = torch.tensor([rng.randrange(self.num_scales) for _ in range(len(sel))], dtype=torch.long)
+            else:
+                scales = torch.full((len(sel),), rng.randrange(self.num_scales), dtype=torch.long)
+            out.append(Draw(e.index, sel, flip, scales))
+        return out
+
+
+def split_train_val(dataset: DetectionDataset, val_fraction: float, seed: int) -> tuple[DetectionDataset, DetectionDataset | None]:
+    """A validation split carved from the training data (seeded), never the test split."""
+    n_val = int(round(len(dataset) * val_fraction))
+    if n_val == 0:
+        return dataset, None
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    return dataset.subset(sorted(order[n_val:])), dataset.subset(sorted(order[:n_val]))

@@ -1,0 +1,77 @@
+"""What training reads: labelled windows per image, and the regime's batch builder.
+
+Functions rather than Trainer methods so that the loop in ``trainer.py`` stays short;
+``skip(path, reason)`` is how an image that cannot be used is named and left out.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from ..data import DetectionDataset
+from ..errors import SppDetError
+from ..models import SPPNet
+from ..proposals import ProposalStore, SelectiveSearchConfig, compute_missing
+from .batches import EndToEndBatches, FrozenBatches
+from .distributed import raise_if_any_failed
+from .features import FeatureCache
+from .sampling import ImageWindows, label_windows
+
+
+def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: SelectiveSearchConfig, tc: DictConfig,
+                    rank: int, world: int, workers: int | None, skip: Callable[[str, str], None]) -> list[ImageWindows]:
+    """Proposals for every image (rank 0 computes the missing ones in parallel), labelled
+    against the ground truth (``tc``: the train config node). An image whose proposals
+    cannot be had (unreadable file) is skipped."""
+    error = None
+    if rank == 0:
+        try:
+            compute_missing(store, [t.path for t in dataset.targets], ss, workers=workers)
+        except Exception as exc:  # shared below, so no rank waits for rank 0 forever
+            error = exc
+    raise_if_any_failed(error, world)
+    entries = []
+    for i, t in enumerate(dataset.targets):
+        try:
+            boxes = store.get(t.path)
+        except SppDetError as exc:
+            skip(t.path, str(exc))
+            continue
+        if boxes is None:
+            skip(t.path, "no proposals (its selective search failed, see above)")
+            continue
+        keep = torch.ones(len(t.boxes), dtype=torch.bool) if tc.use_difficult else ~t.ignore
+        gt, gt_labels = t.boxes[keep], t.labels[keep]
+        windows = torch.from_numpy(boxes)
+        if tc.include_gt:
+            windows = torch.cat([gt, windows])
+        entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou)))
+    if not entries:
+        raise SppDetError(f"dataset '{dataset.name}': no usable training image")
+    return entries
+
+
+def build_batches(dataset: DetectionDataset, entries: list[ImageWindows], model: SPPNet, tc: DictConfig,
+                  features: FeatureCache | None, rank: int, world: int,
+                  skip: Callable[[str, str], None]) -> FrozenBatches | EndToEndBatches:
+    """The regime's batch builder (a Dataset indexed by plans). The frozen regime
+    (``features`` given) first fills the conv-map cache for these images, every training
+    scale and flip, on rank 0 while the other ranks wait."""
+    scales, coder = model.train_scales, model.box_coder
+    if features is None:
+        return EndToEndBatches(dataset, entries, scales, coder, model.max_size)
+    flips = (False, True) if tc.flip else (False,)
+    used = dataset.subset(sorted(e.index for e in entries))
+    failures, error = [], None
+    if rank == 0:
+        try:
+            failures = features.fill(used, scales, flips, workers=tc.get("loader_workers", 0))
+        except Exception as exc:
+            error = exc
+    raise_if_any_failed(error, world)
+    for msg in failures:
+        skip(msg.split(": ", 1)[0], msg)
+    workers = max(1, int(tc.get("loader_workers", 0)))  # each worker holds its own LRU
+    return FrozenBatches(dataset, entries, scales, coder, features.reader(features.memory_bytes / 2 ** 20 / workers))

@@ -1,0 +1,45 @@
+"""Writing files so that a crash never leaves half of one: the one helper every writer uses.
+
+The bytes go to a temporary file in the target's folder, are flushed and fsynced, and the
+temporary file is renamed over the target (``os.replace`` is atomic on POSIX and Windows).
+A reader sees the old file or the new one, never a mixture; a killed writer leaves only a
+stray ``.<name>.*.tmp`` file that nothing reads.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """JSON (lists compact, dicts indented) written with :func:`write_atomic`."""
+    write_atomic(path, json.dumps(obj, indent=None if isinstance(obj, list) else 2).encode())
+
+
+def save_torch_atomic(path: str | Path, obj: Any) -> None:
+    """``torch.save`` written with :func:`write_atomic`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
