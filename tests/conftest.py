@@ -41,7 +41,7 @@ def tiny_checkpoint(tmp_path_factory, shapes_root) -> Path:
                  "model.scales=[160]", "model.train_scales=[160]", "model.hidden=32", "model.max_size=300",
                  "proposals.max_size=200", f"proposals.cache_dir={tmp / 'proposals'}", "train.val_fraction=0",
                  "train.batch_windows=32", "workers=1", "test_at_end=false", "solver.max_iter=5",
-                 "solver.warmup_iters=0"]
+                 "solver.warmup_iters=0", "train.loader_workers=0"]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     Trainer(cfg, tmp).fit()

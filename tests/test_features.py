@@ -31,7 +31,7 @@ def test_cache_computes_once_and_decodes_only_on_a_miss(tmp_path):
     # float16 on disk; the map equals the trunk's output rounded to float16
     ref = model.compute_features(image, (160,))[0].features.half().float()
     # 120 x 160 at scale 160: shorter side 120 -> 160, width round(213.3) = 213
-    assert torch.equal(a.features, ref) and (a.fx, a.fy) == (213 / 160, 160 / 120)
+    assert torch.equal(a.features.float(), ref) and (a.fx, a.fy) == (213 / 160, 160 / 120)
     flipped = cache.get(path, 160, True, load)
     assert cache.computed == 2 and not torch.equal(flipped.features, a.features)
     # no memory: the second process-level read comes from disk, without decoding the image
@@ -62,5 +62,30 @@ def test_two_shapes_sets_with_overlapping_ids_never_share_a_map(tmp_path):
         for t in ds.targets:
             fm = cache.get(t.path, 128, False, lambda p=t.path: read_image(p))
             ref = model.compute_features(read_image(t.path), (128,))[0]
-            assert torch.equal(fm.features, ref.features.half().float()) and (fm.fx, fm.fy) == (ref.fx, ref.fy)
+            assert torch.equal(fm.features.float(), ref.features.half().float()) and (fm.fx, fm.fy) == (ref.fx, ref.fy)
     assert cache.computed == 4 and len(list(cache.dir.rglob("*.pt"))) == 4
+
+
+def test_fill_states_the_size_and_refuses_a_disk_too_small(tmp_path, shapes_root, monkeypatch, capsys):
+    import shutil as real_shutil
+
+    import pytest
+
+    import spp_det.engine.features as features
+    from spp_det.errors import SppDetError
+    model = _model()
+    ds = load_voc(shapes_root, [("SHAPES", "trainval")], default_classes=SHAPES_CLASSES).take([0, 2])
+    cache = FeatureCache(tmp_path / "cache", model)
+    t = ds.targets[0]
+    # the estimate is the size of the map the trunk really makes
+    real = model.compute_features(read_image(t.path), (160,))[0].features
+    assert cache.map_bytes(t.height, t.width, 160) == real.numel() * 2
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(SppDetError, match=r"the conv-map cache needs 0.0 GiB more but the disk has 0.0 GiB free"):
+        cache.fill(ds, (160, 128), (False, True))
+    assert "conv-map cache" in capsys.readouterr().err and cache.computed == 0
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda p: usage)
+    assert cache.fill(ds, (160, 128), (False, True), progress=False) == [] and cache.computed == 8
+    total = sum(cache.map_bytes(x.height, x.width, s) for x in ds.targets for s in (160, 128)) * 2
+    assert f"8 maps, about {total / 2 ** 30:.2f} GiB" in capsys.readouterr().err

@@ -89,7 +89,7 @@ def test_eval_rejects_wrong_checkpoint(tmp_path, shapes_root):
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")
     proc = subprocess.run(
-        [sys.executable, "scripts/eval.py", f"dataset.root={shapes_root}", f"checkpoint={bad}",
+        [sys.executable, "scripts/eval.py", "dataset=shapes", f"dataset.root={shapes_root}", f"checkpoint={bad}",
          f"hydra.run.dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and f"{bad}: cannot read checkpoint" in proc.stderr
 
@@ -100,9 +100,52 @@ def test_eval_refuses_the_checkpoints_own_training_images(tmp_path, shapes_root,
     from spp_det.engine.eval_job import evaluate_checkpoint
     from spp_det.errors import SppDetError
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+        cfg = compose("eval", overrides=["dataset=shapes", f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
                                          "dataset.generate.num_test=6", f"checkpoint={tiny_checkpoint}",
                                          "split=train"])
     with pytest.raises(SppDetError, match=r"^dataset 'shapes': 8 image\(s\) of split 'train' are also training "
                                           r"images \(first: .*000000.jpg\)"):
         evaluate_checkpoint(cfg, tmp_path)
+
+
+def _compose_eval(*overrides):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_root, tiny_checkpoint):
+    """No dataset= on the command line: the checkpoint's own data set, classes and split
+    layout; +dataset.<key> changes one key of it; the VOC devkit result files are written."""
+    import shutil
+
+    from spp_det.engine.eval_job import evaluate_checkpoint
+    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false")
+    metrics = evaluate_checkpoint(cfg, tmp_path / "a")
+    assert metrics["metric"] == "voc07" and metrics["num_images"] == 6
+    assert sorted(metrics["AP"]) == ["ellipse", "rectangle", "triangle"]
+    moved = tmp_path / "moved"
+    shutil.copytree(shapes_root, moved)
+    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", f"+dataset.root={moved}", "test.max_windows=50", "plot=false")
+    again = evaluate_checkpoint(cfg, tmp_path / "b")
+    assert again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-9)
+    dets = json.loads((tmp_path / "b" / "detections.json").read_text())
+    # the devkit's files hold exactly the detections, in 1-based VOC pixels
+    rows = []
+    for name in ("ellipse", "rectangle", "triangle"):
+        for line in (tmp_path / "b" / "results" / "VOC" / "Main" / f"comp4_det_test_{name}.txt").read_text().splitlines():
+            image_id, score, x1, y1, x2, y2 = line.split()
+            rows.append((image_id, name, round(float(score), 5), float(x1) - 1, float(y1) - 1, float(x2), float(y2)))
+    assert len(rows) == len(dets)
+    for d, r in zip(sorted(dets, key=lambda d: (d["image_id"], d["category_id"], -d["score"])),
+                    sorted(rows, key=lambda r: (r[0], r[1], -r[2]))):
+        x, y, w, h = d["bbox"]
+        assert (d["image_id"], d["category_id"]) == r[:2] and d["score"] == pytest.approx(r[2], abs=2e-5)
+        assert [x, y, x + w, y + h] == pytest.approx(list(r[3:]), abs=0.06)
+
+
+def test_eval_detections_file_needs_a_data_set(tmp_path):
+    from spp_det.engine.eval_job import evaluate_job
+    from spp_det.errors import SppDetError
+    with pytest.raises(SppDetError, match="scoring a detections file needs the data set: give dataset=<name>"):
+        evaluate_job(_compose_eval(f"detections={tmp_path / 'd.json'}"))

@@ -28,7 +28,7 @@ def make_cfg(tmp_path, shapes_root, *extra):
         f"train.feature_cache={tmp_path / 'features'}", "train.val_fraction=0.25", "train.val_map_images=2",
         "train.val_batches=1", "train.batch_windows=32", "train.images_per_batch=2", "train.log_every=1",
         "train.checkpoint_every=3", "train.val_every=1000", "workers=1", "test_at_end=false",
-        "solver.lr=0.001", "solver.warmup_iters=0", "solver.steps=[1000]", *extra]
+        "solver.lr=0.001", "solver.warmup_iters=0", "solver.steps=[1000]", "train.loader_workers=0", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -273,6 +273,12 @@ def test_end_of_training_reports_best_pt(tmp_path, shapes_root, capsys):
     assert best["iteration"] in (2, 4, 6) and last["iteration"] == 6
     vals = [h["val_loss"] for h in best["history"] if "val_loss" in h]
     assert -best["best"] == min(vals)
+    # the run record: every logged step and every validation, one JSON object a line
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == last["history"] and [x["iteration"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert [x["iteration"] for x in lines if "val_loss" in x] == [2, 4, 6]
+    assert all(x["seconds_per_iter"] > 0 for x in lines if "loss" in x)
+    assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
 
 
 def test_unreadable_training_images_are_named_skipped_and_counted(tmp_path, shapes_root, caplog):
@@ -321,3 +327,15 @@ def test_ddp_on_cuda_trains_both_regimes(tmp_path, shapes_root):
     """DistributedDataParallel(device_ids=[0]) over NCCL, as `torchrun --nproc_per_node=1 device=cuda`."""
     _spawn(_cuda_ddp_worker, (1, _free_port(), tmp_path, shapes_root, tmp_path), nprocs=1)
     assert (tmp_path / "cuda_ok").read_text() == "ok"
+
+
+def test_loader_workers_train_exactly_as_in_process_loading(tmp_path, shapes_root):
+    """Worker processes only move the loading elsewhere: same draws, same weights."""
+    runs = {}
+    for workers in (0, 2):
+        trainer = Trainer(make_cfg(tmp_path / f"w{workers}", shapes_root, *PAPER, "solver.max_iter=4",
+                                   "train.val_fraction=0", f"train.loader_workers={workers}"), tmp_path / f"w{workers}")
+        trainer.fit()
+        runs[workers] = trainer.model.state_dict()
+    for k, v in runs[0].items():
+        assert torch.equal(v, runs[2][k]), k

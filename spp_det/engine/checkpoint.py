@@ -29,10 +29,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> SPPNet:
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu",
+                          path: str | Path | None = None) -> SPPNet:
     """Rebuild the detector a checkpoint describes and load its weights (no download)."""
     cfg = OmegaConf.create(ckpt["model_cfg"])
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
+    # the input normalisation is not a weight: a code change of a trunk's default would
+    # silently feed the learned weights other numbers, so the checkpoint's is checked
+    built = {"trunk": model.trunk.name, "normalization": {"mean": model.trunk.mean.flatten().tolist(),
+                                                          "std": model.trunk.std.flatten().tolist()}}
+    for key, value in built.items():
+        if key in ckpt and ckpt[key] != value:
+            raise SppDetError(f"{path or 'checkpoint'}: trained with {key} {ckpt[key]}, but its model config now "
+                              f"builds {value}: this checkpoint does not fit this version of the code")
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 

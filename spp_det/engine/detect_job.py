@@ -29,7 +29,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     pictures go to ``output/<name>`` (see ``data.output_names``). An image that fails,
     for whatever reason, is named and the others' results are still written."""
     ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, cfg.device)
+    model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     classes = list(ckpt["classes"])
     entries = list_images(cfg.input)
     out = Path(cfg.output)

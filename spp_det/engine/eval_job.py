@@ -24,6 +24,7 @@ from .detections import from_results, load_results, to_results
 from .distributed import init_distributed
 from .evaluate import score_and_report
 from .inference import detect_dataset, report_failures
+from .loader import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def dataset_config(cfg: DictConfig, ckpt: dict | None) -> DictConfig:
     """The data set node to evaluate on: the user's choice (``dataset=<name>``), else the
     checkpoint's, with any ``+dataset.<key>`` the user gave merged over it; classes left
     unset (null) are the checkpoint's."""
-    given = cfg.get("dataset")
+    given = cfg.dataset if "dataset" in cfg else None
     if ckpt is None:
         if given is None or "kind" not in given:
             raise SppDetError("scoring a detections file needs the data set: give dataset=<name>")
@@ -75,7 +76,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     and, for VOC-layout data, the devkit's submission files."""
     rank, world = init_distributed(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, cfg.device)
+    model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     dataset = build_dataset(dataset_config(cfg, ckpt), cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)
     if ckpt.get("train_images"):
@@ -87,7 +88,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
                                                   cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
                                                   max_windows=cfg.test.get("max_windows"),
-                                                  workers=cfg.get("loader_workers", 0))
+                                                  workers=resolve_workers(cfg.get("loader_workers"), cfg.device))
     if rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))

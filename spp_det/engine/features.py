@@ -43,8 +43,9 @@ def trunk_digest(model: SPPNet) -> str:
 
 
 class FeatureReader:
-    """Reads cached maps: ``load(image_path, scale, flip)`` -> FeatureMap or None (missing
-    or damaged). Recently used maps stay in memory (LRU, ``memory_mb``); ``loaded`` counts
+    """Reads cached maps: ``load(image_path, scale, flip)`` -> FeatureMap (features in the
+    cache's dtype, float16: half the bytes to move; the pooling computes in float32) or
+    None (missing or damaged). Recently used maps stay in memory (LRU, ``memory_mb``); ``loaded`` counts
     disk reads."""
 
     def __init__(self, directory: Path, max_size: int, memory_mb: float = 1024) -> None:
@@ -71,7 +72,7 @@ class FeatureReader:
         if path.name in self._memory:
             self._memory.move_to_end(path.name)
             feats, fx, fy = self._memory[path.name]
-            return FeatureMap(feats.float(), fx, fy)
+            return FeatureMap(feats, fx, fy)
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -81,7 +82,7 @@ class FeatureReader:
             return None
         self.loaded += 1
         self._remember(path.name, data["features"], data["fx"], data["fy"])
-        return FeatureMap(data["features"].float(), data["fx"], data["fy"])
+        return FeatureMap(data["features"], data["fx"], data["fy"])
 
     def get(self, image_path: str | Path, scale: int, flip: bool) -> FeatureMap:
         """Like ``load``, but a missing map is an error naming the image."""
@@ -136,7 +137,7 @@ class FeatureCache(FeatureReader):
         path = self.path(image_path, scale, flip)
         save_torch_atomic(path, {"features": stored, "fx": fm.fx, "fy": fm.fy})
         self._remember(path.name, stored, fm.fx, fm.fy)
-        return FeatureMap(stored.float(), fm.fx, fm.fy)
+        return FeatureMap(stored, fm.fx, fm.fy)
 
     def get(self, image_path: str | Path, scale: int, flip: bool,  # type: ignore[override]
             load_image: Callable[[], np.ndarray] | None = None) -> FeatureMap:

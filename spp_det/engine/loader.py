@@ -24,6 +24,18 @@ def init_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def resolve_workers(value: int | str | None, device: str) -> int:
+    """``auto`` -> 0 on the CPU (the network already uses every core there: measured on 2
+    cores, a worker process made training 12-20% slower, see benchmarks/train_speed.py),
+    up to 4 when a GPU computes and the CPU cores are free to load; a number as given."""
+    if value in (None, "auto"):
+        if not str(device).startswith("cuda"):
+            return 0
+        import os
+        return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return int(value)
+
+
 def loader_kwargs(workers: int, prefetch: int = 2) -> dict:
     """Keyword arguments of ``torch.utils.data.DataLoader`` for ``workers`` processes (0:
     load in the main process, as a plain loop would)."""

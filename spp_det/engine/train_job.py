@@ -52,7 +52,7 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
             error = exc
     raise_if_any_failed(error, trainer.world)
     dets, timing, failures = detect_dataset(model, test_set, store, ss, rank=trainer.rank, world=trainer.world,
-                                            workers=cfg.train.get("loader_workers", 0))
+                                            workers=trainer.loader_workers)
     if trainer.rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(test_set, dets))

@@ -34,7 +34,7 @@ from .distributed import any_rank, gather_lists, init_distributed
 from .evaluate import evaluate
 from .features import FeatureCache
 from .inference import detect_dataset
-from .loader import loader_kwargs
+from .loader import loader_kwargs, resolve_workers
 from .loss import detection_loss
 from .sampling import ImageWindows, WindowSampler, draw_rng, split_train_val
 from .training_data import build_batches, prepare_windows
@@ -68,6 +68,7 @@ class Trainer:
         tc = cfg.train
         torch.manual_seed(cfg.seed)
         self.finetune = bool(tc.finetune_conv)
+        self.loader_workers = resolve_workers(tc.get("loader_workers"), cfg.device)
         check_frozen_trunk(cfg)
         full = build_dataset(cfg.dataset, "train").take(tc.get("subset"))
         self.train_set, self.val_set = split_train_val(full, tc.val_fraction, cfg.seed)
@@ -109,8 +110,8 @@ class Trainer:
                              num_scales=len(self.model.train_scales), scale_per_window=not self.finetune)
 
     def batches(self, dataset: DetectionDataset, entries: list[ImageWindows]) -> FrozenBatches | EndToEndBatches:
-        return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.rank, self.world,
-                             self.skip_image)
+        return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,
+                             self.rank, self.world, self.skip_image)
 
     def model_inputs(self, batch: Batch) -> tuple[list, torch.Tensor, torch.Tensor]:
         """A loaded batch on the model's device: (inputs, boxes, map_index)."""
@@ -227,7 +228,7 @@ class Trainer:
         seed = int(cfg.seed)
         loader = DataLoader(batches, sampler=PlanStream(lambda d: sampler.sample(draw_rng(seed, self.rank, d)),
                                                         self.draws),
-                            batch_size=None, **loader_kwargs(tc.get("loader_workers", 0)))
+                            batch_size=None, **loader_kwargs(self.loader_workers))
         stream = iter(loader)
         writer = self._tensorboard()
         net = self.ddp or self.model

@@ -54,7 +54,7 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
 
 
 def build_batches(dataset: DetectionDataset, entries: list[ImageWindows], model: SPPNet, tc: DictConfig,
-                  features: FeatureCache | None, rank: int, world: int,
+                  features: FeatureCache | None, workers: int, rank: int, world: int,
                   skip: Callable[[str, str], None]) -> FrozenBatches | EndToEndBatches:
     """The regime's batch builder (a Dataset indexed by plans). The frozen regime
     (``features`` given) first fills the conv-map cache for these images, every training
@@ -67,11 +67,11 @@ def build_batches(dataset: DetectionDataset, entries: list[ImageWindows], model:
     failures, error = [], None
     if rank == 0:
         try:
-            failures = features.fill(used, scales, flips, workers=tc.get("loader_workers", 0))
+            failures = features.fill(used, scales, flips, workers=workers)
         except Exception as exc:
             error = exc
     raise_if_any_failed(error, world)
     for msg in failures:
         skip(msg.split(": ", 1)[0], msg)
-    workers = max(1, int(tc.get("loader_workers", 0)))  # each worker holds its own LRU
-    return FrozenBatches(dataset, entries, scales, coder, features.reader(features.memory_bytes / 2 ** 20 / workers))
+    share = features.memory_bytes / 2 ** 20 / max(1, workers)  # each worker holds its own LRU
+    return FrozenBatches(dataset, entries, scales, coder, features.reader(share))

@@ -1,0 +1,30 @@
+"""Checkpoints: self-describing, checked against the model they rebuild; resume rules."""
+import pytest
+import torch
+
+from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
+from spp_det.errors import SppDetError
+
+
+def test_normalisation_recorded_in_the_checkpoint_is_checked(tmp_path, tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt["trunk"] == "zf5" and ckpt["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    model = model_from_checkpoint(ckpt)
+    assert torch.equal(model.trunk.mean.flatten(), torch.tensor([0.5] * 3))
+    ckpt["normalization"]["mean"] = [0.485, 0.456, 0.406]  # what the code would build after a change
+    save_checkpoint(tmp_path / "odd.pt", {k: v for k, v in ckpt.items() if k != "format"})
+    with pytest.raises(SppDetError, match=r"odd.pt: trained with normalization \{'mean': \[0.485"):
+        model_from_checkpoint(load_checkpoint(tmp_path / "odd.pt"), path=tmp_path / "odd.pt")
+
+
+def test_resume_path_rules(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    assert resume_path(False, ckpt_dir) is None and resume_path("auto", ckpt_dir) is None
+    with pytest.raises(SppDetError) as err:
+        resume_path(True, ckpt_dir)
+    assert str(err.value).startswith(f"resume=true: {ckpt_dir / 'last.pt'} does not exist (no checkpoint in this "
+                                     f"run directory; pass hydra.run.dir=")
+    ckpt_dir.mkdir()
+    (ckpt_dir / "last.pt").write_bytes(b"x")
+    assert resume_path(True, ckpt_dir) == resume_path("auto", ckpt_dir) == ckpt_dir / "last.pt"
+    assert resume_path(str(tmp_path / "other.pt"), ckpt_dir) == tmp_path / "other.pt"

@@ -1,0 +1,22 @@
+"""Running a detector over a data set: loader workers change nothing but the speed."""
+import torch
+
+from spp_det.data import load_voc
+from spp_det.data.shapes import SHAPES_CLASSES
+from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from spp_det.engine.inference import detect_dataset
+from spp_det.proposals import ProposalStore, SelectiveSearchConfig
+
+
+def test_workers_give_the_same_detections(tmp_path, shapes_root, tiny_checkpoint):
+    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    ds = load_voc(shapes_root, [("SHAPES", "test")], default_classes=SHAPES_CLASSES)
+    ss = SelectiveSearchConfig(mode="fast", max_size=200, max_boxes=100)
+    store = ProposalStore(tmp_path / "props", ss.as_dict())
+    a, timing, failures = detect_dataset(model, ds, store, ss, progress=False, workers=0)
+    b, _, _ = detect_dataset(model, ds, store, ss, progress=False, workers=2)
+    assert failures == [] and timing["windows_per_image"] <= 100
+    assert sum(len(d["scores"]) for d in a) > 0
+    for da, db in zip(a, b):
+        for k in ("boxes", "scores", "labels"):
+            assert torch.equal(da[k], db[k])
