@@ -115,3 +115,37 @@ def test_projection_never_empty_and_inside():
         c = project_windows(boxes, 16, 20.5, (20, 25), mode)
         assert (c[:, 0] <= c[:, 2]).all() and (c[:, 1] <= c[:, 3]).all()
         assert (c >= 0).all() and (c[:, [0, 2]] <= 24).all() and (c[:, [1, 3]] <= 19).all()
+
+
+def test_coarse_bins_are_unions_of_finest_bins_for_every_width():
+    """The arithmetic the pooling relies on, checked directly on the bin edges for widths
+    1..300: bin i of level n (n dividing 6) starts where finest bin i*6/n starts, ends where
+    finest bin (i+1)*6/n - 1 ends, and the finest bins in between leave no gap."""
+    def edges(w, n):
+        return [(math.floor(i * w / n), math.ceil((i + 1) * w / n)) for i in range(n)]
+    for w in range(1, 301):
+        fine = edges(w, 6)
+        for n in (3, 2, 1):
+            m = 6 // n
+            for i, (s, e) in enumerate(edges(w, n)):
+                group = fine[i * m:(i + 1) * m]
+                assert group[0][0] == s and group[-1][1] == e
+                assert all(a[1] >= b[0] for a, b in zip(group, group[1:]))  # touching or overlapping
+                covered = set().union(*(range(a, b) for a, b in group))
+                assert covered == set(range(s, e))
+
+
+def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice():
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(2, 4, 13, 19, generator=gen)  # continuous values: no ties
+    wins = random_windows(gen, 30, 2, 13, 19)
+    wins = torch.cat([wins, wins[:5]])  # windows that project to the same cells
+    weights = torch.randn(35, 4 * 50, generator=gen)
+    a = feats.clone().requires_grad_(True)
+    (SpatialPyramidPooling((6, 3, 2, 1))(a, wins) * weights).sum().backward()
+    b = feats.clone().requires_grad_(True)
+    ref = torch.stack([torch.cat([F.adaptive_max_pool2d(b[bi, :, y1:y2 + 1, x1:x2 + 1], n).reshape(-1)
+                                  for n in (6, 3, 2, 1)]) for bi, x1, y1, x2, y2 in wins.tolist()])
+    (ref * weights).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=0)
+    assert a.grad.abs().sum() > 0
