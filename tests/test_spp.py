@@ -135,12 +135,13 @@ def test_coarse_bins_are_unions_of_finest_bins_for_every_width():
                 assert covered == set(range(s, e))
 
 
-def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice():
+@pytest.mark.parametrize("n_windows", [30, 200])  # both differentiable paths: per-window loop, tables
+def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice(n_windows):
     gen = torch.Generator().manual_seed(3)
     feats = torch.randn(2, 4, 13, 19, generator=gen)  # continuous values: no ties
-    wins = random_windows(gen, 30, 2, 13, 19)
+    wins = random_windows(gen, n_windows, 2, 13, 19)
     wins = torch.cat([wins, wins[:5]])  # windows that project to the same cells
-    weights = torch.randn(35, 4 * 50, generator=gen)
+    weights = torch.randn(n_windows + 5, 4 * 50, generator=gen)
     a = feats.clone().requires_grad_(True)
     (SpatialPyramidPooling((6, 3, 2, 1))(a, wins) * weights).sum().backward()
     b = feats.clone().requires_grad_(True)
