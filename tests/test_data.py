@@ -273,6 +273,7 @@ def test_coco_zero_size_and_other_categories_are_counted(tmp_path):
 def test_coco128_config_splits_are_disjoint():
     need_shared(COCO128)
     cfg = OmegaConf.load("configs/dataset/coco128.yaml")
+    cfg.root = str(COCO128)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     train_ids, test_ids = {t.image_id for t in train.targets}, {t.image_id for t in test.targets}
     assert (len(train_ids), len(test_ids)) == (96, 32) and not train_ids & test_ids
