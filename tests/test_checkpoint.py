@@ -28,3 +28,17 @@ def test_resume_path_rules(tmp_path):
     (ckpt_dir / "last.pt").write_bytes(b"x")
     assert resume_path(True, ckpt_dir) == resume_path("auto", ckpt_dir) == ckpt_dir / "last.pt"
     assert resume_path(str(tmp_path / "other.pt"), ckpt_dir) == tmp_path / "other.pt"
+
+
+def test_resuming_a_checkpoint_without_per_rank_state_is_a_clear_error(tmp_path, shapes_root, tiny_checkpoint):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from spp_det.engine.trainer import Trainer
+    old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k not in ("format", "rng", "draws")}
+    save_checkpoint(tmp_path / "old.pt", old)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+                                          "dataset.generate.num_test=6", "model.hidden=32", "train.val_fraction=0"])
+    with pytest.raises(SppDetError, match=r"old.pt: written by an older version of spp_det"):
+        Trainer(cfg, tmp_path / "run").resume(tmp_path / "old.pt")

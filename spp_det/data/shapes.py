@@ -18,7 +18,7 @@ from ..files import write_atomic
 
 SHAPES_CLASSES = ["ellipse", "rectangle", "triangle"]
 SHAPES_DIR = "SHAPES"
-SHAPES_VERSION = 4  # bump whenever the generator's output changes (caches key on it)
+SHAPES_VERSION = 4  # bump whenever the generator's output changes (the stamp file records it)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -33,6 +33,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
                           path: str | Path | None = None) -> SPPNet:
     """Rebuild the detector a checkpoint describes and load its weights (no download)."""
     cfg = OmegaConf.create(ckpt["model_cfg"])
+    cfg.trunk.weights_path = None  # the checkpoint holds every weight: no file from the training machine
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
     # the input normalisation is not a weight: a code change of a trunk's default would
     # silently feed the learned weights other numbers, so the checkpoint's is checked

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,9 @@ def init_distributed(device: str) -> tuple[int, int]:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        # long single-rank phases (rank 0's selective search or conv-map pass over VOC/COCO)
+        # run while the others wait in a collective: NCCL's default 10 min would abort them
+        dist.init_process_group(backend, timeout=timedelta(hours=12))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -31,11 +34,6 @@ def gather_lists(items: list, world: int) -> list[list]:
     out: list = [None] * world
     dist.all_gather_object(out, items)
     return out
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def raise_if_any_failed(error: BaseException | None, world: int) -> None:

@@ -77,7 +77,8 @@ class FeatureReader:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None
-        except Exception:  # a damaged file (killed writer, disk error): recomputed by the owner
+        except Exception:  # a damaged file (killed writer, disk error): removed, so the next
+            # conv-map pass (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
             path.unlink(missing_ok=True)
             return None
         self.loaded += 1
@@ -88,8 +89,8 @@ class FeatureReader:
         """Like ``load``, but a missing map is an error naming the image."""
         fm = self.load(image_path, scale, flip)
         if fm is None:
-            raise SppDetError(f"{image_path}: conv map (scale {scale}{', flipped' if flip else ''}) missing "
-                              f"from the cache {self.dir}")
+            raise SppDetError(f"{image_path}: conv map (scale {scale}{', flipped' if flip else ''}) missing or "
+                              f"damaged in the cache {self.dir} (the next run's conv-map pass recomputes it)")
         return fm
 
 

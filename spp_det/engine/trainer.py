@@ -30,30 +30,17 @@ from ..models import FeatureMap, SPPNet, build_detector
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .checkpoint import load_checkpoint, resume_path, save_checkpoint
-from .distributed import any_rank, gather_lists, init_distributed
+from .distributed import any_rank, gather_lists, init_distributed, raise_if_any_failed
 from .evaluate import evaluate
 from .features import FeatureCache
 from .inference import detect_dataset
 from .loader import loader_kwargs, resolve_workers
 from .loss import detection_loss
 from .sampling import ImageWindows, WindowSampler, draw_rng, split_train_val
-from .training_data import build_batches, prepare_windows
+from .training_data import build_batches, check_frozen_trunk, prepare_windows
 from .solver import build_solver
 
 log = logging.getLogger(__name__)
-
-
-def check_frozen_trunk(cfg: DictConfig) -> None:
-    """A frozen trunk must bring learned weights: frozen random conv features train
-    without complaint and give a weak detector nobody asked for."""
-    t, tc = cfg.model.trunk, cfg.train
-    if tc.finetune_conv or t.get("pretrained") or t.get("weights_path") or tc.get("allow_random_frozen_trunk"):
-        return
-    raise SppDetError(
-        f"model.trunk '{t.name}' has no learned weights (pretrained=false, weights_path=null) but "
-        f"train.finetune_conv=false keeps it frozen: the heads would learn on random conv features. "
-        f"Give model.trunk.weights_path=<file> (or pretrained=true), train end to end (train=finetune), "
-        f"or set train.allow_random_frozen_trunk=true if that is what you want")
 
 
 class Trainer:
@@ -165,6 +152,9 @@ class Trainer:
             raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from {self.classes}")
         if "optimizer" not in ckpt:
             raise SppDetError(f"{path}: holds weights only (no optimizer state): cannot resume from it")
+        if "rng" not in ckpt or "draws" not in ckpt:
+            raise SppDetError(f"{path}: written by an older version of spp_det (no per-rank random state): "
+                              f"start afresh, or resume with the version that wrote it")
         states = ckpt["rng"]
         if len(states) != self.world:
             raise SppDetError(f"{path}: written by {len(states)} process(es), resumed with {self.world}: "
@@ -216,6 +206,8 @@ class Trainer:
         path = resume_path(cfg.resume, ckpt_dir)
         if path is not None:
             self.resume(path)
+        elif self.rank == 0:  # a fresh run never reports an earlier run's best.pt
+            (ckpt_dir / "best.pt").unlink(missing_ok=True)
         if self.rank == 0:  # the run record restarts from what the checkpoint holds
             write_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history).encode())
         entries = self.prepare_windows(self.train_set)
@@ -292,6 +284,7 @@ class Trainer:
             writer.close()
         if self.rank == 0 and not (ckpt_dir / "best.pt").exists():
             save_checkpoint(ckpt_dir / "best.pt", self.payload())
+        raise_if_any_failed(None, self.world)  # every rank may read best.pt from here on
         if self.skipped and self.rank == 0:
             log.warning("%d image(s) left out of training: %s", len(self.skipped), ", ".join(self.skipped))
             print(f"warning: {len(self.skipped)} image(s) left out of training (named in the log), "

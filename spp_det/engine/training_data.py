@@ -1,4 +1,5 @@
-"""What training reads: labelled windows per image, and the regime's batch builder.
+"""What training reads: labelled windows per image, the regime's batch builder, and the
+check that a frozen trunk has learned weights to compute features with.
 
 Functions rather than Trainer methods so that the loop in ``trainer.py`` stays short;
 ``skip(path, reason)`` is how an image that cannot be used is named and left out.
@@ -18,6 +19,19 @@ from .batches import EndToEndBatches, FrozenBatches
 from .distributed import raise_if_any_failed
 from .features import FeatureCache
 from .sampling import ImageWindows, label_windows
+
+
+def check_frozen_trunk(cfg: DictConfig) -> None:
+    """A frozen trunk must bring learned weights: frozen random conv features train
+    without complaint and give a weak detector nobody asked for."""
+    t, tc = cfg.model.trunk, cfg.train
+    if tc.finetune_conv or t.get("pretrained") or t.get("weights_path") or tc.get("allow_random_frozen_trunk"):
+        return
+    raise SppDetError(
+        f"model.trunk '{t.name}' has no learned weights (pretrained=false, weights_path=null) but "
+        f"train.finetune_conv=false keeps it frozen: the heads would learn on random conv features. "
+        f"Give model.trunk.weights_path=<file> (or pretrained=true), train end to end (train=finetune), "
+        f"or set train.allow_random_frozen_trunk=true if that is what you want")
 
 
 def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: SelectiveSearchConfig, tc: DictConfig,

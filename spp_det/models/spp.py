@@ -192,7 +192,7 @@ class SpatialPyramidPooling(nn.Module):
                      with_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(K, C, n, n) maxima of level n; with ``with_index`` also (values, flat positions
         of the maxima in ``features``)."""
-        k, (nbatch, c, h, w), nb = windows.shape[0], features.shape, n * n
+        k, (_, c, h, w), nb = windows.shape[0], features.shape, n * n
         ys, ye, xs, xe = (t.reshape(-1) for t in self.bin_edges(windows, n))
         batch = windows[:, 0].repeat_interleave(nb)
         a, b = _floor_log2(ye - ys), _floor_log2(xe - xs)

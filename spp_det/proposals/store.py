@@ -101,9 +101,6 @@ class ProposalStore:
             log.warning("%s: corrupt proposal file, it will be recomputed", path)
         return boxes
 
-    def has(self, image_path: str | Path) -> bool:
-        return self.get(image_path) is not None
-
     def put(self, image_path: str | Path, boxes: np.ndarray) -> None:
         self.put_key(self.dir, self.key(image_path), boxes)
 
