@@ -82,20 +82,27 @@ def _range_max_tables(fmap: torch.Tensor, index: torch.Tensor | None,
     return tables
 
 
-def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.unique(rows, dim=0, return_inverse=True) for small non-negative int64 rows,
-    through one scalar key per row (``unique(dim=0)`` compares rows one by one: 7 ms for a
-    few thousand on a CPU)."""
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Distinct rows of small non-negative int64 ``rows`` in order of first occurrence, and
+    the index of each row's copy (None when every row is distinct: nothing to gather).
+    One scalar key per row: ``unique(dim=0)`` compares rows one by one (7 ms for a few
+    thousand on a CPU)."""
     base = int(rows.max()) + 1 if len(rows) else 1
     if base ** rows.shape[1] >= 2 ** 62:
-        return torch.unique(rows, dim=0, return_inverse=True)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        return unique, inverse
     key = torch.zeros(len(rows), dtype=torch.int64, device=rows.device)
     for col in rows.unbind(1):
         key = key * base + col
     keys, inverse = torch.unique(key, return_inverse=True)
+    if len(keys) == len(rows):
+        return rows, None
     first = torch.full((len(keys),), len(rows), dtype=torch.int64, device=rows.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(rows), device=rows.device), "amin")
-    return rows[first], inverse
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=rows.device)
+    return rows[first[order]], rank[inverse]
 
 
 def _floor_log2(v: torch.Tensor) -> torch.Tensor:
@@ -158,21 +165,25 @@ class SpatialPyramidPooling(nn.Module):
         windows = windows.to(features.device)
         unique, inverse = _unique_rows(windows)
         pool = self._pool_grad if features.requires_grad and torch.is_grad_enabled() else self._pool_tables
-        fine = pool(features, unique, self.finest)  # (U, C, N, N)
+        # levels are (U, n, n, C), channels last: the reductions below then run over
+        # contiguous channels, and only the final layout change copies the values
+        fine = pool(features, unique, self.finest)
         u, big = len(unique), self.finest
         out = []
         for n in self.levels:
             if n == big:
                 level = fine
             elif big % n == 0:
+                # max over each m x m group of finest bins; where bins overlap they share
+                # their argmax element, so the gradient (split by amax between equal
+                # maxima) still reaches that element whole
                 m = big // n
-                # max over each m x m group of finest bins (``max`` routes the gradient to one
-                # element, like the crop-wise max pooling)
-                level = fine.view(u, c, n, m, n, m).permute(0, 1, 2, 4, 3, 5).reshape(u, c, n, n, m * m).max(-1).values
+                level = fine.reshape(u, n, m, n, m, c).amax(dim=(2, 4))
             else:
                 level = pool(features, unique, n)
-            out.append(level.reshape(u, -1))
-        return torch.cat(out, dim=1)[inverse]
+            out.append(level.permute(0, 3, 1, 2).reshape(u, -1))  # (C, n, n) row-major per window
+        pooled = torch.cat(out, dim=1)
+        return pooled if inverse is None else pooled[inverse]
 
     def _pool_grad(self, features: torch.Tensor, windows: torch.Tensor, n: int) -> torch.Tensor:
         """Differentiable pooling of level n. Many windows: the table path run for the
@@ -183,14 +194,14 @@ class SpatialPyramidPooling(nn.Module):
         512: 60 vs 29 ms (loop vs tables; benchmarks in the closing note of issue 9)."""
         if len(windows) < 64:
             return torch.stack([F.adaptive_max_pool2d(features[b, :, y1:y2 + 1, x1:x2 + 1], n)
-                                for b, x1, y1, x2, y2 in windows.tolist()])
+                                for b, x1, y1, x2, y2 in windows.tolist()]).permute(0, 2, 3, 1)
         with torch.no_grad():
             _, index = self._pool_tables(features.detach(), windows, n, with_index=True)
         return torch.take(features, index)
 
     def _pool_tables(self, features: torch.Tensor, windows: torch.Tensor, n: int,
                      with_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(K, C, n, n) maxima of level n; with ``with_index`` also (values, flat positions
+        """(K, n, n, C) maxima of level n; with ``with_index`` also (values, flat positions
         of the maxima in ``features``)."""
         k, (_, c, h, w), nb = windows.shape[0], features.shape, n * n
         ys, ye, xs, xe = (t.reshape(-1) for t in self.bin_edges(windows, n))
@@ -223,10 +234,10 @@ class SpatialPyramidPooling(nn.Module):
                 where.append(m[1])
         # one gather puts the grouped bins back in (window, bin) order
         back = torch.argsort(torch.cat(order))
-        values = torch.cat(pieces)[back].view(k, nb, c).transpose(1, 2).reshape(k, c, n, n)
+        values = torch.cat(pieces)[back].view(k, n, n, c)
         if not with_index:
             return values
-        return values, torch.cat(where)[back].long().view(k, nb, c).transpose(1, 2).reshape(k, c, n, n)
+        return values, torch.cat(where)[back].long().view(k, n, n, c)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
