@@ -177,3 +177,21 @@ def test_cuda_forward_with_inputs_on_the_gpu_matches_cpu():
     for a, b in zip(ref, out):
         assert b.device.type == "cuda" and torch.allclose(a, b.cpu(), atol=1e-3, rtol=1e-3)
     assert det["boxes"].shape[1] == 4
+
+
+def test_test_time_flip_is_mirror_symmetric():
+    """With test_flip, scoring the mirrored image and mirrored windows gives the same
+    scores and the mirrored boxes: the average of the two views does not depend on which
+    one the user passed."""
+    from spp_det.boxes import flip_boxes
+    net = small_net()
+    net.test_flip = True
+    img = image(120, 160)
+    boxes = random_boxes(30, 120, 160)
+    p1, b1 = net.detect_windows(img, boxes)
+    p2, b2 = net.detect_windows(np.ascontiguousarray(img[:, ::-1]), flip_boxes(boxes, 160))
+    assert torch.allclose(p1, p2, atol=1e-6)
+    assert torch.allclose(b1, flip_boxes(b2.reshape(-1, 4), 160).reshape(b2.shape), atol=1e-3)
+    net.test_flip = False
+    p3, _ = net.detect_windows(img, boxes)
+    assert not torch.allclose(p1, p3)  # the mirrored view did change the scores

@@ -77,6 +77,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     rank, world = init_distributed(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
+    if cfg.test.get("flip") is not None:
+        model.test_flip = bool(cfg.test.flip)
     dataset = build_dataset(dataset_config(cfg, ckpt), cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)
     if ckpt.get("train_images"):

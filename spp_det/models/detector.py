@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from ..boxes import BoxCoder, clip_boxes
+from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
 from .heads import SPPHead
 from .spp import SpatialPyramidPooling, project_windows
@@ -81,7 +81,7 @@ class SPPNet(nn.Module):
                  hidden: int = 4096, dropout: float = 0.5, scales: tuple[int, ...] = (688,),
                  train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200), max_size: int = 2000,
                  projection: str = "released", margin: float = 6.5, scale_target: float = 208.0,
-                 box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)) -> None:
+                 box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0), test_flip: bool = False) -> None:
         super().__init__()
         self.trunk = trunk
         self.num_classes = num_classes
@@ -94,6 +94,7 @@ class SPPNet(nn.Module):
         self.margin = margin
         self.scale_target = scale_target
         self.box_coder = BoxCoder(tuple(box_weights))
+        self.test_flip = test_flip
 
     # ---- images -> feature maps -------------------------------------------------------
     def resize(self, image: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
@@ -193,11 +194,23 @@ class SPPNet(nn.Module):
         """Score every window of one image.
 
         image: (H, W, 3) uint8 RGB; boxes: (K, 4) xyxy original pixels.
-        Returns (probs (K, C + 1), per-class boxes (K, C, 4) original pixels).
+        Returns (probs (K, C + 1), per-class boxes (K, C, 4) original pixels). With
+        ``test_flip`` the mirrored image is scored too, and the two results averaged (boxes
+        mirrored back first).
         """
         h, w = image.shape[:2]
         scales = tuple(scales or self.scales)
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        probs, per_class = self._score(image, boxes, scales, maps)
+        if self.test_flip:
+            p2, b2 = self._score(np.ascontiguousarray(image[:, ::-1]), flip_boxes(boxes, w), scales, None)
+            b2 = flip_boxes(b2.reshape(-1, 4), w).reshape(b2.shape)
+            probs, per_class = (probs + p2) / 2, (per_class + b2) / 2
+        return probs, per_class
+
+    def _score(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...],
+               maps: list[FeatureMap] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = image.shape[:2]
         if maps is None:
             maps = self.compute_features(image, scales)
         logits, deltas = self.forward_windows(maps, boxes, self.select_scales(boxes, h, w, scales))
