@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ..errors import SppDetError
+
+T = TypeVar("T")
 
 
 def init_distributed(device: str) -> tuple[int, int]:
@@ -63,3 +66,17 @@ def any_rank(flag: bool, world: int, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def on_rank0(fn: Callable[[], T], rank: int, world: int, default: T) -> T:
+    """Run ``fn`` on rank 0 only (work done once for all: selective search, the conv-map
+    pass) while the other ranks wait; an exception on rank 0 ends every rank
+    (:func:`raise_if_any_failed`). Returns fn's result on rank 0, ``default`` elsewhere."""
+    result, error = default, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as exc:  # shared below, so no rank waits for rank 0 forever
+            error = exc
+    raise_if_any_failed(error, world)
+    return result

@@ -22,14 +22,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DetectionDataset, image_digest
 from ..errors import SppDetError
 from ..files import save_torch_atomic
-from ..models import FeatureMap, SPPNet
-from .loader import loader_kwargs
+from ..models import FeatureMap, SPPNet, resized_size
+from .loader import Images, loader_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +94,6 @@ class FeatureReader:
         return fm
 
 
-class _Images(Dataset):
-    """(index, image (H, W, 3) uint8 RGB or None, error message or None) per image."""
-
-    def __init__(self, dataset: DetectionDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.dataset[i][0], None
-        except SppDetError as exc:
-            return i, None, str(exc)
-
-
 class FeatureCache(FeatureReader):
     """The reader plus the model that computes maps. ``computed`` counts trunk runs."""
 
@@ -152,16 +136,15 @@ class FeatureCache(FeatureReader):
 
     def map_bytes(self, height: int, width: int, scale: int) -> int:
         """Bytes of one stored map of an image of height x width at ``scale``."""
-        resized, _, _ = self.model.resize(np.zeros((height, width, 1), np.uint8), scale)
-        h, w = self.model.trunk.output_size(*resized.shape[:2])
+        h, w = self.model.trunk.output_size(*resized_size(height, width, scale, self.max_size))
         return self.model.trunk.out_channels * h * w * torch.finfo(self.dtype).bits // 8
 
     def fill(self, dataset: DetectionDataset, scales: tuple[int, ...], flips: tuple[bool, ...],
-             workers: int = 0, progress: bool = True) -> list[str]:
+             workers: int = 0, progress: bool = True) -> list[tuple[str, str]]:
         """Compute every missing map of ``dataset`` at ``scales`` x ``flips`` (the released
         code's feature pass before fine-tuning), images decoded by ``workers`` processes.
         First prints the cache's expected size and the free space on its disk, and refuses
-        to start when the missing maps cannot fit. Returns the failures ("path: reason")."""
+        to start when the missing maps cannot fit. Returns the failures as (path, "path: reason")."""
         todo, total, missing = {}, 0, 0
         for i, t in enumerate(dataset.targets):
             for s in scales:
@@ -187,14 +170,13 @@ class FeatureCache(FeatureReader):
         failures = []
         if not todo:
             return failures
-        images = DataLoader(_Images(dataset.subset(sorted(todo))), batch_size=None, **loader_kwargs(workers))
-        order = sorted(todo)
-        for k, image, error in tqdm(images, total=len(order), desc="conv maps", unit="img",
-                                    disable=not progress, file=sys.stderr):
-            t = dataset.targets[order[k]]
+        images = DataLoader(Images(dataset, sorted(todo)), batch_size=None, **loader_kwargs(workers))
+        for i, image, _, error in tqdm(images, total=len(todo), desc="conv maps", unit="img",
+                                       disable=not progress, file=sys.stderr):
+            t = dataset.targets[i]
             if error is not None:
-                failures.append(error)
+                failures.append((str(t.path), error))
                 continue
-            for s, f in todo[order[k]]:
+            for s, f in todo[i]:
                 self.compute(t.path, image, s, f)
         return failures

@@ -6,15 +6,14 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DetectionDataset
-from ..errors import SppDetError
 from ..models import RCNN, SPPNet
-from ..proposals import ProposalStore, SelectiveSearchConfig, proposals_for
+from ..proposals import ProposalStore, SelectiveSearchConfig
 from .distributed import gather_lists
-from .loader import loader_kwargs
+from .loader import Images, loader_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -22,31 +21,6 @@ log = logging.getLogger(__name__)
 def empty_detections() -> dict[str, torch.Tensor]:
     """What an image without detections (or whose detection failed) gets."""
     return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-
-
-class InferenceImages(Dataset):
-    """Per image position i: (i, image (H, W, 3) uint8 RGB, windows (N, 4), None), or
-    (i, None, None, "path: reason") when it cannot be read; the windows come from the
-    store, or are computed (and stored) on a miss. Loader workers run this."""
-
-    def __init__(self, dataset: DetectionDataset, indices: list[int], store: ProposalStore,
-                 ss: SelectiveSearchConfig, max_windows: int | None = None) -> None:
-        self.dataset, self.indices, self.store, self.ss = dataset, indices, store, ss
-        self.max_windows = max_windows
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int):
-        i = self.indices[k]
-        try:
-            image, target = self.dataset[i]
-            boxes = torch.from_numpy(proposals_for(self.store, target.path, image, self.ss))[:self.max_windows]
-            return i, image, boxes, None
-        except SppDetError as exc:
-            return i, None, None, str(exc)
-        except Exception as exc:  # an odd file: name it, keep the other images
-            return i, None, None, f"{self.dataset.targets[i].path}: cannot load ({type(exc).__name__}: {exc})"
 
 
 def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: ProposalStore,
@@ -69,7 +43,7 @@ def detect_dataset(model: SPPNet | RCNN, dataset: DetectionDataset, store: Propo
     model.eval()
     mine = list(range(rank, len(dataset), world))
     results, failures, seconds = [], [], 0.0
-    loader = DataLoader(InferenceImages(dataset, mine, store, ss, max_windows), batch_size=None,
+    loader = DataLoader(Images(dataset, mine, store, ss, max_windows), batch_size=None,
                         **loader_kwargs(workers))
     for i, image, boxes, error in tqdm(loader, total=len(mine), desc="detect", unit="img",
                                        disable=not progress or rank != 0, file=sys.stderr):

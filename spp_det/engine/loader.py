@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch.utils.data import Dataset
+
+from ..data import DetectionDataset
+from ..errors import SppDetError
+from ..proposals import ProposalStore, SelectiveSearchConfig, proposals_for
+
 
 def keep(item: Any) -> Any:
     """Collate function that returns the item untouched (our items are already batches)."""
@@ -18,7 +25,6 @@ def keep(item: Any) -> Any:
 
 def init_worker(_worker_id: int) -> None:
     import cv2
-    import torch
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -36,11 +42,37 @@ def resolve_workers(value: int | str | None, device: str) -> int:
     return int(value)
 
 
+class Images(Dataset):
+    """Item k: (i, image (H, W, 3) uint8 RGB, windows (N, 4) or None, None) for image
+    position i = indices[k], or (i, None, None, "path: reason") when it cannot be read.
+    With a ``store`` the windows come from it, or are computed (and stored) on a miss;
+    without one only the image is loaded. Loader workers run this."""
+
+    def __init__(self, dataset: DetectionDataset, indices: list[int], store: ProposalStore | None = None,
+                 ss: SelectiveSearchConfig | None = None, max_windows: int | None = None) -> None:
+        self.dataset, self.indices, self.store, self.ss = dataset, indices, store, ss
+        self.max_windows = max_windows
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        try:
+            image, target = self.dataset[i]
+            boxes = None
+            if self.store is not None:
+                boxes = torch.from_numpy(proposals_for(self.store, target.path, image, self.ss))[:self.max_windows]
+            return i, image, boxes, None
+        except SppDetError as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # an odd file: name it, keep the other images
+            return i, None, None, f"{self.dataset.targets[i].path}: cannot load ({type(exc).__name__}: {exc})"
+
+
 def loader_kwargs(workers: int, prefetch: int = 2) -> dict:
     """Keyword arguments of ``torch.utils.data.DataLoader`` for ``workers`` processes (0:
     load in the main process, as a plain loop would)."""
-    import torch
-
     workers = int(workers or 0)
     # A generator of its own: creating a loader iterator draws a seed, and drawing it from
     # the global stream would shift dropout's random numbers (and break exact resume).

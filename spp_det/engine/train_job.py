@@ -13,7 +13,7 @@ from ..proposals import compute_missing
 from ..visualize import plot_training
 from .checkpoint import load_checkpoint
 from .detections import to_results
-from .distributed import raise_if_any_failed
+from .distributed import on_rank0
 from .evaluate import score_and_report
 from .inference import detect_dataset, report_failures
 from .trainer import Trainer
@@ -44,13 +44,8 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     model.load_state_dict(best["model"])
     weights = f"best.pt, iteration {best['iteration']}"
     store, ss = trainer.store, trainer.ss
-    error = None
-    if trainer.rank == 0:
-        try:
-            compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers"))
-        except Exception as exc:
-            error = exc
-    raise_if_any_failed(error, trainer.world)
+    on_rank0(lambda: compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers")),
+             trainer.rank, trainer.world, None)
     dets, timing, failures = detect_dataset(model, test_set, store, ss, rank=trainer.rank, world=trainer.world,
                                             workers=trainer.loader_workers)
     if trainer.rank != 0:

@@ -16,7 +16,7 @@ from ..errors import SppDetError
 from ..models import SPPNet
 from ..proposals import ProposalStore, SelectiveSearchConfig, compute_missing
 from .batches import EndToEndBatches, FrozenBatches
-from .distributed import raise_if_any_failed
+from .distributed import on_rank0
 from .features import FeatureCache
 from .sampling import ImageWindows, label_windows
 
@@ -39,13 +39,7 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
     """Proposals for every image (rank 0 computes the missing ones in parallel), labelled
     against the ground truth (``tc``: the train config node). An image whose proposals
     cannot be had (unreadable file) is skipped."""
-    error = None
-    if rank == 0:
-        try:
-            compute_missing(store, [t.path for t in dataset.targets], ss, workers=workers)
-        except Exception as exc:  # shared below, so no rank waits for rank 0 forever
-            error = exc
-    raise_if_any_failed(error, world)
+    on_rank0(lambda: compute_missing(store, [t.path for t in dataset.targets], ss, workers=workers), rank, world, None)
     entries = []
     for i, t in enumerate(dataset.targets):
         try:
@@ -78,14 +72,7 @@ def build_batches(dataset: DetectionDataset, entries: list[ImageWindows], model:
         return EndToEndBatches(dataset, entries, scales, coder, model.max_size)
     flips = (False, True) if tc.flip else (False,)
     used = dataset.subset(sorted(e.index for e in entries))
-    failures, error = [], None
-    if rank == 0:
-        try:
-            failures = features.fill(used, scales, flips, workers=workers)
-        except Exception as exc:
-            error = exc
-    raise_if_any_failed(error, world)
-    for msg in failures:
-        skip(msg.split(": ", 1)[0], msg)
+    for path, reason in on_rank0(lambda: features.fill(used, scales, flips, workers=workers), rank, world, []):
+        skip(path, reason)
     share = features.memory_bytes / 2 ** 20 / max(1, workers)  # each worker holds its own LRU
     return FrozenBatches(dataset, entries, scales, coder, features.reader(share))

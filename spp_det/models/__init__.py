@@ -4,13 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from .backbones import TRUNKS, Trunk, build_trunk, receptive_geometry
-from .detector import FeatureMap, SPPNet, postprocess_detections, resize_image
+from .detector import FeatureMap, SPPNet, postprocess_detections, resize_image, resized_size
 from .heads import SPPHead
 from .rcnn import RCNN
 from .spp import SpatialPyramidPooling, project_windows
 
 __all__ = ["TRUNKS", "Trunk", "build_trunk", "receptive_geometry", "FeatureMap", "SPPNet",
-           "postprocess_detections", "resize_image", "SPPHead", "RCNN", "SpatialPyramidPooling", "project_windows",
+           "postprocess_detections", "resize_image", "resized_size", "SPPHead", "RCNN", "SpatialPyramidPooling", "project_windows",
            "build_detector"]
 
 
