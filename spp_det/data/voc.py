@@ -25,10 +25,11 @@ VOC_CLASSES = [
 
 
 def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
-                  image_id: str, skipped: Counter | None = None) -> Target:
+                  image_id: str, skipped: Counter | None = None, names: set[str] | None = None) -> Target:
     """Parse one VOC XML file. Objects whose name is not in ``class_to_label`` are left
-    out and counted in ``skipped`` (by name); a malformed box, a negative size or a box far
-    outside the image is an error naming the file and the object."""
+    out and counted in ``skipped`` (by name); every object name met is added to ``names``.
+    A malformed box, a negative size or a box far outside the image is an error naming
+    the file and the object."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
@@ -42,6 +43,8 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
     boxes, labels, ignore = [], [], []
     for k, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
+        if names is not None and name:
+            names.add(name)
         if name not in class_to_label:
             if skipped is not None:
                 skipped[f"outside dataset.classes: {name or '<no name>'}"] += 1
@@ -67,12 +70,6 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
                   ignore=torch.tensor(ignore, dtype=torch.bool))
 
 
-def names_in_annotations(skipped: Counter) -> set[str]:
-    """Class names met (and left out) while parsing, from ``skipped``'s keys."""
-    prefix = "outside dataset.classes: "
-    return {k[len(prefix):] for k in skipped if k.startswith(prefix)}
-
-
 def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[str] | None = None,
              name: str = "voc", default_classes: list[str] = VOC_CLASSES) -> DetectionDataset:
     """Load VOC-layout parts.
@@ -89,6 +86,7 @@ def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[s
     root = Path(root)
     targets: list[Target] = []
     skipped: Counter = Counter()
+    met: set[str] = set()  # every object name in the files
     seen: dict[str, Path] = {}
     for sub, split in parts:
         base = root / sub
@@ -107,9 +105,8 @@ def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[s
             image = base / "JPEGImages" / f"{stem}.jpg"
             if not xml.is_file():
                 raise SppDetError(f"{xml}: annotation listed in {split_file} is missing")
-            targets.append(parse_voc_xml(xml, class_to_label, image, stem, skipped))
-    known = set(default_classes) | names_in_annotations(skipped) | {
-        classes[i] for t in targets for i in (t.labels - 1).tolist()}
+            targets.append(parse_voc_xml(xml, class_to_label, image, stem, skipped, met))
+    known = set(default_classes) | met
     unknown = [c for c in classes if c not in known]
     if unknown:
         raise SppDetError(f"dataset '{name}': unknown class name(s) {unknown} in dataset.classes; "

@@ -79,7 +79,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     if cfg.test.get("flip") is not None:
         model.test_flip = bool(cfg.test.flip)
-    dataset = build_dataset(dataset_config(cfg, ckpt), cfg.split).take(cfg.subset)
+    node = dataset_config(cfg, ckpt)
+    dataset = build_dataset(node, cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)
     if ckpt.get("train_images"):
         dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
@@ -98,8 +99,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir)}")
     print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
-    metric = cfg.metric or dataset_config(cfg, ckpt).metric
-    metrics = score_and_report(dataset, detections, metric, out_dir, cfg.plot,
+    metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot,
                                extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp",
                                       "failed_images": failures, **timing})
     report_failures(failures)
