@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from ..boxes import BoxCoder, flip_boxes
 from ..data import DetectionDataset
 from ..errors import SppDetError
-from ..models import FeatureMap, resize_image
+from ..models import FeatureMap, SPPNet, resize_image
 from .features import FeatureReader
 from .sampling import Draw, ImageWindows
 
@@ -44,6 +44,18 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def model_inputs(self, model: SPPNet, device: torch.device) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """What ``model(...)`` takes, on ``device``: (inputs, boxes, map_index); resized
+        images are normalised (and padded) by the model here, in the main process."""
+        inputs = []
+        for item in self.inputs:
+            if isinstance(item, FeatureMap):
+                inputs.append(FeatureMap(item.features.to(device), item.fx, item.fy))
+            else:
+                resized, fx, fy = item
+                inputs.append((model.to_input(resized), fx, fy))
+        return inputs, self.boxes, self.map_index
 
 
 def draw_targets(entry: ImageWindows, draw: Draw, coder: BoxCoder) -> tuple[torch.Tensor, ...]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data import DetectionDataset, build_dataset
 from ..errors import SppDetError
 from ..files import write_atomic
-from ..models import FeatureMap, SPPNet, build_detector
+from ..models import SPPNet, build_detector
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .checkpoint import load_checkpoint, resume_path, save_checkpoint
@@ -100,19 +100,8 @@ class Trainer:
         return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,
                              self.rank, self.world, self.skip_image)
 
-    def model_inputs(self, batch: Batch) -> tuple[list, torch.Tensor, torch.Tensor]:
-        """A loaded batch on the model's device: (inputs, boxes, map_index)."""
-        inputs = []
-        for item in batch.inputs:
-            if isinstance(item, FeatureMap):
-                inputs.append(FeatureMap(item.features.to(self.device), item.fx, item.fy))
-            else:
-                resized, fx, fy = item
-                inputs.append((self.model.to_input(resized), fx, fy))
-        return inputs, batch.boxes, batch.map_index
-
     def losses(self, net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, deltas = net(*self.model_inputs(batch))
+        logits, deltas = net(*batch.model_inputs(self.model, self.device))
         return detection_loss(logits, deltas, batch.labels.to(self.device), batch.targets.to(self.device))
 
     def note_skipped(self, batch: Batch) -> None:
