@@ -58,6 +58,11 @@ def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
+def vflip_boxes(boxes: torch.Tensor, height: int) -> torch.Tensor:
+    """Turn xyxy boxes upside down in an image ``height`` pixels tall."""
+    return torch.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
+
+
 class BoxCoder:
     """R-CNN box parametrization (dx, dy, dw, dh), scaled by ``weights``.
 

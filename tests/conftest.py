@@ -37,7 +37,8 @@ def tiny_checkpoint(tmp_path_factory, shapes_root) -> Path:
 
     from spp_det.engine.trainer import Trainer
     tmp = tmp_path_factory.mktemp("tiny_run")
-    overrides = [f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",
+    overrides = ["model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e", "train.vflip=false",
+                 f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",
                  "model.scales=[160]", "model.train_scales=[160]", "model.hidden=32", "model.max_size=300",
                  "proposals.max_size=200", f"proposals.cache_dir={tmp / 'proposals'}", "train.val_fraction=0",
                  "train.batch_windows=32", "workers=1", "test_at_end=false", "solver.max_iter=5",

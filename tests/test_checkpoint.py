@@ -38,7 +38,8 @@ def test_resuming_a_checkpoint_without_per_rank_state_is_a_clear_error(tmp_path,
     old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k not in ("format", "rng", "draws")}
     save_checkpoint(tmp_path / "old.pt", old)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+        cfg = compose("train", overrides=["model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e",
+                                          f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
                                           "dataset.generate.num_test=6", "model.hidden=32", "train.val_fraction=0"])
     with pytest.raises(SppDetError, match=r"old.pt: written by an older version of spp_det"):
         Trainer(cfg, tmp_path / "run").resume(tmp_path / "old.pt")

@@ -195,3 +195,59 @@ def test_test_time_flip_is_mirror_symmetric():
     net.test_flip = False
     p3, _ = net.detect_windows(img, boxes)
     assert not torch.allclose(p1, p3)  # the mirrored view did change the scores
+
+
+def test_duplicate_windows_are_scored_once_with_the_same_result():
+    """Windows that project to the same cells share one pooled vector: the deduplicated
+    inference path gives every window exactly what the heads give its own vector."""
+    torch.manual_seed(0)
+    net = small_net().eval()
+    img = image()
+    boxes = random_boxes(40, 300, 400)
+    boxes = torch.cat([boxes, boxes[:10], boxes[:10] + 0.5])  # exact repeats and sub-cell shifts
+    with torch.no_grad():
+        maps = net.compute_features(img, net.scales)
+        index = net.select_scales(boxes, 300, 400, net.scales)
+        logits, deltas = net.forward_windows(maps, boxes, index)
+        ref_logits, ref_deltas = net.head(net.pool(maps, boxes, index))  # every window through the heads
+    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(deltas, ref_deltas, atol=1e-5)
+    assert torch.equal(logits[40:50], logits[:10])
+
+
+def test_bfloat16_inference_stays_close_to_float32():
+    """bf16 autocast of trunk and heads: class probabilities within 0.02 and boxes within
+    2 px of float32 here (bf16 keeps 8 bits of mantissa, ~0.4% per value)."""
+    torch.manual_seed(0)
+    net = small_net().eval()
+    img, boxes = image(), random_boxes(60, 300, 400)
+    p32, b32 = net.detect_windows(img, boxes)
+    assert net.set_precision("bfloat16") == "bfloat16"
+    p16, b16 = net.detect_windows(img, boxes)
+    assert p16.dtype == torch.float32 and b16.dtype == torch.float32
+    assert (p16 - p32).abs().max() < 0.02 and (b16 - b32).abs().max() < 2.0
+    assert net.set_precision("auto") in ("bfloat16", "float32")
+    with pytest.raises(ValueError, match="precision 'half'"):
+        net.set_precision("half")
+
+
+def test_truncated_svd_at_full_rank_reproduces_the_heads():
+    torch.manual_seed(0)
+    net = small_net().eval()
+    x = torch.randn(7, net.head.fc6.in_features)
+    with torch.no_grad():
+        ref = net.head(x)
+        hidden = net.head.fc6.out_features
+        net.compress((hidden, hidden))  # full rank of fc6 (hidden x in, hidden < in) and fc7
+        out = net.head(x)
+    assert isinstance(net.head.fc6, torch.nn.Sequential) and net.head.fc6[0].out_features == hidden
+    assert torch.allclose(out[0], ref[0], atol=1e-4) and torch.allclose(out[1], ref[1], atol=1e-4)
+    # a lower rank is the best approximation of that rank: error equals the dropped singular values
+    w = torch.randn(30, 50, dtype=torch.float64)
+    layer = torch.nn.Linear(50, 30).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    from spp_det.models.heads import truncated_linear
+    low = truncated_linear(layer, 10)
+    approx = low[1].weight @ low[0].weight
+    s = torch.linalg.svdvals(w)
+    assert torch.allclose(torch.linalg.matrix_norm(w - approx), s[10:].norm(), rtol=1e-9)

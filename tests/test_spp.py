@@ -32,7 +32,8 @@ def random_windows(gen, n, b, h, w):
     return torch.cat([bi, x[:, :1], y[:, :1], x[:, 1:], y[:, 1:]], dim=1)
 
 
-def test_spp_equals_brute_force_and_adaptive_pool():
+@pytest.mark.parametrize("use_kernel", [True, False])  # the compiled CPU loop and the torch tables
+def test_spp_equals_brute_force_and_adaptive_pool(use_kernel):
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 5, 11, 17, generator=gen)
     wins = random_windows(gen, 40, 2, 11, 17)
@@ -42,13 +43,15 @@ def test_spp_equals_brute_force_and_adaptive_pool():
                           [0, 0, 10, 16, 10],   # a one-row strip at the bottom border
                           [0, 5, 2, 6, 9]])     # narrower than the 6x6 level
     wins = torch.cat([wins, extra])
-    spp = SpatialPyramidPooling((6, 3, 2, 1))
-    out = spp(feats, wins)  # no gradient needed: the range-max-table path
+    spp = SpatialPyramidPooling((6, 3, 2, 1), use_kernel=use_kernel)
+    out = spp(feats, wins)  # no gradient needed
     assert out.shape == (45, 5 * 50)
     assert torch.equal(out, brute_force_spp(feats, wins, (6, 3, 2, 1)))
-    with_grad = spp(feats.clone().requires_grad_(True), wins)  # the per-window path
+    with_grad = spp(feats.clone().requires_grad_(True), wins)  # the differentiable path
     assert torch.equal(with_grad.detach(), out)
-    assert torch.equal(SpatialPyramidPooling((5, 4))(feats, wins), brute_force_spp(feats, wins, (5, 4)))
+    assert torch.equal(SpatialPyramidPooling((5, 4), use_kernel=use_kernel)(feats, wins),
+                       brute_force_spp(feats, wins, (5, 4)))
+    assert torch.equal(spp(feats.double(), wins), brute_force_spp(feats.double(), wins, (6, 3, 2, 1)))
     for k, (b, x1, y1, x2, y2) in enumerate(wins.tolist()):
         crop = feats[b, :, y1:y2 + 1, x1:x2 + 1]
         ref = torch.cat([F.adaptive_max_pool2d(crop, n).reshape(-1) for n in (6, 3, 2, 1)])
@@ -135,18 +138,38 @@ def test_coarse_bins_are_unions_of_finest_bins_for_every_width():
                 assert covered == set(range(s, e))
 
 
-@pytest.mark.parametrize("n_windows", [30, 200])  # both differentiable paths: per-window loop, tables
-def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice(n_windows):
+@pytest.mark.parametrize("n_windows,use_kernel", [(30, True), (200, True),  # the compiled loop
+                                                  (30, False), (200, False)])  # per-window loop, tables
+def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice(n_windows, use_kernel):
     gen = torch.Generator().manual_seed(3)
     feats = torch.randn(2, 4, 13, 19, generator=gen)  # continuous values: no ties
     wins = random_windows(gen, n_windows, 2, 13, 19)
     wins = torch.cat([wins, wins[:5]])  # windows that project to the same cells
     weights = torch.randn(n_windows + 5, 4 * 50, generator=gen)
     a = feats.clone().requires_grad_(True)
-    (SpatialPyramidPooling((6, 3, 2, 1))(a, wins) * weights).sum().backward()
+    (SpatialPyramidPooling((6, 3, 2, 1), use_kernel=use_kernel)(a, wins) * weights).sum().backward()
     b = feats.clone().requires_grad_(True)
     ref = torch.stack([torch.cat([F.adaptive_max_pool2d(b[bi, :, y1:y2 + 1, x1:x2 + 1], n).reshape(-1)
                                   for n in (6, 3, 2, 1)]) for bi, x1, y1, x2, y2 in wins.tolist()])
     (ref * weights).sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=0)
     assert a.grad.abs().sum() > 0
+
+
+def test_kernel_breaks_ties_like_adaptive_max_pool():
+    """On equal maxima the gradient goes to the first in (row, column) order, the element
+    ``adaptive_max_pool2d`` picks, so even maps with many ties train identically."""
+    from spp_det.models import spp_kernel
+    if not spp_kernel.AVAILABLE:
+        pytest.skip("numba not installed")
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randint(0, 3, (1, 3, 9, 12), generator=gen).float()  # values 0, 1, 2: ties everywhere
+    wins = random_windows(gen, 50, 1, 9, 12)
+    a = feats.clone().requires_grad_(True)
+    weights = torch.randn(50, 3 * 36, generator=gen)
+    (SpatialPyramidPooling((6,))(a, wins) * weights).sum().backward()
+    b = feats.clone().requires_grad_(True)
+    ref = torch.stack([F.adaptive_max_pool2d(b[0, :, y1:y2 + 1, x1:x2 + 1], 6).reshape(-1)
+                       for _, x1, y1, x2, y2 in wins.tolist()])
+    (ref * weights).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=0)

@@ -20,8 +20,16 @@ from spp_det.proposals import compute_missing
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# the from-scratch end-to-end setting (the embedded default before the pretrained Lite0):
+# tiny and fast, and every regime test below switches what it needs
+E2E = ("model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e", "train.vflip=false")
+
+
 def make_cfg(tmp_path, shapes_root, *extra):
-    overrides = [
+    base = [o for o in E2E if o.split("=")[0] not in {e.split("=")[0] for e in extra}]
+    if any(e.startswith("train=") for e in extra):
+        base = [o for o in base if not o.startswith("train.vflip")]
+    overrides = [*base,
         f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",
         "model.scales=[160]", "model.train_scales=[128,160]", "model.hidden=64", "model.max_size=300",
         "proposals.max_size=200", f"proposals.cache_dir={tmp_path.parent / 'proposals'}",

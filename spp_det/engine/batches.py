@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..boxes import BoxCoder, flip_boxes
+from ..boxes import BoxCoder, flip_boxes, vflip_boxes
 from ..data import DetectionDataset
 from ..errors import SppDetError
 from ..models import FeatureMap, SPPNet, resize_image
@@ -63,6 +63,8 @@ def draw_targets(entry: ImageWindows, draw: Draw, coder: BoxCoder) -> tuple[torc
     win, gt = entry.windows[draw.windows], entry.gt
     if draw.flip:
         win, gt = flip_boxes(win, entry.width), flip_boxes(gt, entry.width)
+    if draw.vflip:
+        win, gt = vflip_boxes(win, entry.height), vflip_boxes(gt, entry.height)
     labels = entry.labels[draw.windows]
     targets = torch.zeros((len(win), 4))
     fg = labels > 0
@@ -135,6 +137,8 @@ class EndToEndBatches(_Batches):
         image = self.dataset[draw.image][0]
         if draw.flip:
             image = np.ascontiguousarray(image[:, ::-1])
+        if draw.vflip:
+            image = np.ascontiguousarray(image[::-1])
         resized, fx, fy = resize_image(image, self.scales[int(draw.scales[0])], self.max_size)
         return [(resized, fx, fy)], torch.zeros(len(draw.windows), dtype=torch.long)
 

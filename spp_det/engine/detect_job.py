@@ -6,18 +6,21 @@ import logging
 import sys
 from pathlib import Path
 
+import time
+
 import cv2
-import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import list_images, output_names, read_image
+from ..data import list_images, output_names
 from ..errors import SppDetError
 from ..files import write_json_atomic
-from ..proposals import build_proposals, compute_missing
+from ..proposals import build_proposals
 from ..visualize import draw_detections
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .detections import image_results
+from .loader import Files, inference_workers, loader_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +39,30 @@ def detect_job(cfg: DictConfig) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
-    stats = compute_missing(store, [f for f, _ in entries], ss, workers=cfg.workers)
-    failures: list[str] = list(stats.failed)
+    model.set_precision(cfg.get("precision", "float32"))
+    if cfg.get("svd_rank"):
+        model.compress(tuple(cfg.svd_rank))
+    files = [f for f, _ in entries]
+    # a pipeline: loader processes read each image and fetch its stored windows (or run
+    # selective search on a miss, one image per process) while the model runs here
+    missing = sum(not store.has(f) for f in files)
+    workers = inference_workers(cfg.get("workers"), cfg.device, missing)
+    loader = DataLoader(Files(files, store, ss), batch_size=None, **loader_kwargs(workers))
+    failures: list[str] = []
     results = []
     scales = tuple(cfg.scales) if cfg.scales else None
     cats = [None] + classes
-    todo = [(f, name, pic) for (f, name), pic in zip(entries, output_names([n for _, n in entries]))]
-    for f, name, pic in tqdm(todo, desc="detect", unit="img", file=sys.stderr):
+    pictures = output_names([n for _, n in entries])
+    start = time.perf_counter()
+    for i, image, boxes, error in tqdm(loader, total=len(files), desc="detect", unit="img", file=sys.stderr):
+        f, name = entries[i]
+        if error is not None:
+            failures.append(error)
+            continue
         try:
-            boxes = store.get(f)
-            if boxes is None:
-                continue  # its selective search failed: already in ``failures``
-            image = read_image(f)
-            det = model.predict(image, torch.from_numpy(boxes), scales=scales, score_thresh=cfg.score_thresh,
+            det = model.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
                                 nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
-            target = out / pic
+            target = out / pictures[i]
             target.parent.mkdir(parents=True, exist_ok=True)
             drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)
             if not cv2.imwrite(str(target), drawn):
@@ -64,10 +76,12 @@ def detect_job(cfg: DictConfig) -> list[str]:
             failures.append(f"{f}: detection failed ({type(exc).__name__}: {exc})")
             continue
         results += image_results(name, det, cats)
+    seconds = time.perf_counter() - start
     write_json_atomic(out / "detections.json", results)
     for msg in failures:
         print(f"error: {msg}", file=sys.stderr)
         log.error("%s", msg)
     print(f"{len(entries) - len(failures)} image(s) processed, {len(failures)} failed, "
-          f"{len(results)} detections -> {out}")
+          f"{len(results)} detections -> {out} ({len(entries) / max(seconds, 1e-9):.2f} images/s; "
+          f"{missing} without stored windows, {workers} loader process(es))")
     return failures

@@ -24,7 +24,7 @@ from .detections import from_results, load_results, to_results
 from .distributed import init_distributed
 from .evaluate import score_and_report
 from .inference import detect_dataset, report_failures
-from .loader import resolve_workers
+from .loader import inference_workers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     if cfg.test.get("flip") is not None:
         model.test_flip = bool(cfg.test.flip)
+    model.set_precision(cfg.test.get("precision", "float32"))
+    if cfg.test.get("svd_rank"):
+        model.compress(tuple(cfg.test.svd_rank))
     node = dataset_config(cfg, ckpt)
     dataset = build_dataset(node, cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)
@@ -91,7 +94,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
                                                   cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
                                                   max_windows=cfg.test.get("max_windows"),
-                                                  workers=resolve_workers(cfg.get("loader_workers"), cfg.device))
+                                                  workers=inference_workers(cfg.get("loader_workers"), cfg.device,
+                                                                            sum(not store.has(t.path) for t in dataset.targets)))
     if rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DetectionDataset
+from ..data import DetectionDataset, read_image
 from ..errors import SppDetError
 from ..proposals import ProposalStore, SelectiveSearchConfig, proposals_for
 
@@ -42,6 +42,17 @@ def resolve_workers(value: int | str | None, device: str) -> int:
     return int(value)
 
 
+def inference_workers(value: int | str | None, device: str, missing: int) -> int:
+    """Loader processes for eval/detect. ``auto`` with images whose windows are not
+    stored yet: one per core, so that selective search (single-threaded, the slow stage
+    on a cold cache) runs in parallel and overlaps the network; otherwise as
+    :func:`resolve_workers`."""
+    if value in (None, "auto") and missing:
+        import os
+        return max(1, os.cpu_count() or 1)
+    return resolve_workers(value, device)
+
+
 class Images(Dataset):
     """Item k: (i, image (H, W, 3) uint8 RGB, windows (N, 4) or None, None) for image
     position i = indices[k], or (i, None, None, "path: reason") when it cannot be read.
@@ -56,18 +67,41 @@ class Images(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def read(self, i: int):
+        """(image, its path) of image position i."""
+        image, target = self.dataset[i]
+        return image, target.path
+
+    def path(self, i: int):
+        return self.dataset.targets[i].path
+
     def __getitem__(self, k: int):
         i = self.indices[k]
         try:
-            image, target = self.dataset[i]
+            image, path = self.read(i)
             boxes = None
             if self.store is not None:
-                boxes = torch.from_numpy(proposals_for(self.store, target.path, image, self.ss))[:self.max_windows]
+                boxes = torch.from_numpy(proposals_for(self.store, path, image, self.ss))[:self.max_windows]
             return i, image, boxes, None
         except SppDetError as exc:
             return i, None, None, str(exc)
         except Exception as exc:  # an odd file: name it, keep the other images
-            return i, None, None, f"{self.dataset.targets[i].path}: cannot load ({type(exc).__name__}: {exc})"
+            return i, None, None, f"{self.path(i)}: cannot load ({type(exc).__name__}: {exc})"
+
+
+class Files(Images):
+    """:class:`Images` over a list of image files (scripts/detect.py's input)."""
+
+    def __init__(self, paths: list, store: ProposalStore | None = None, ss: SelectiveSearchConfig | None = None,
+                 max_windows: int | None = None) -> None:
+        super().__init__(None, list(range(len(paths))), store, ss, max_windows)
+        self.paths = list(paths)
+
+    def read(self, i: int):
+        return read_image(self.paths[i]), self.paths[i]
+
+    def path(self, i: int):
+        return self.paths[i]
 
 
 def loader_kwargs(workers: int, prefetch: int = 2) -> dict:

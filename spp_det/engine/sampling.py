@@ -22,7 +22,8 @@ from ..errors import SppDetError
 class ImageWindows:
     """Training windows of one image. windows: (N, 4) original pixels (proposals, plus the
     ground truth when asked); labels: (N,) class of a foreground window, 0 background,
-    -1 neither; gt_index: (N,) the matched ground-truth box; gt: (G, 4)."""
+    -1 neither; gt_index: (N,) the matched ground-truth box; gt: (G, 4); height: the
+    image's, needed only to turn its boxes upside down (``vflip``)."""
 
     index: int
     width: int
@@ -30,6 +31,7 @@ class ImageWindows:
     labels: torch.Tensor
     gt_index: torch.Tensor
     gt: torch.Tensor
+    height: int | None = None
 
     @property
     def fg(self) -> torch.Tensor:
@@ -41,7 +43,8 @@ class ImageWindows:
 
 
 def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor,
-                  fg_iou: float = 0.5, bg_iou: tuple[float, float] = (0.1, 0.5)) -> ImageWindows:
+                  fg_iou: float = 0.5, bg_iou: tuple[float, float] = (0.1, 0.5),
+                  height: int | None = None) -> ImageWindows:
     """Match windows (N, 4) to ground truth (G, 4): foreground at IoU >= fg_iou (class of
     the best-overlapping box), background at IoU in [bg_iou[0], bg_iou[1])."""
     labels = torch.full((len(windows),), -1, dtype=torch.long)
@@ -53,7 +56,7 @@ def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tenso
         labels[fg] = gt_labels[gt_index[fg]]
     elif bg_iou[0] <= 0:
         labels[:] = 0
-    return ImageWindows(index, width, windows, labels, gt_index, gt)
+    return ImageWindows(index, width, windows, labels, gt_index, gt, height)
 
 
 @dataclass
@@ -61,12 +64,14 @@ class Draw:
     """One image's share of a mini-batch (small: it travels to loader workers). image: the
     data set position (``ImageWindows.index``); windows: (K,) indices into that image's
     windows; flip: mirror the image; scales: (K,) index into the training scales per
-    window (one value repeated when the whole image has one scale)."""
+    window (one value repeated when the whole image has one scale); vflip: turn the image
+    upside down too (an augmentation for data sets whose classes are up-down symmetric)."""
 
     image: int
     windows: torch.Tensor
     flip: bool
     scales: torch.Tensor
+    vflip: bool = False
 
 
 def draw_rng(seed: int, rank: int, draw: int) -> random.Random:
@@ -78,12 +83,13 @@ class WindowSampler:
     """Draws mini-batches: ``images_per_batch`` images (only images that have windows of
     either kind), ``batch_windows / images_per_batch`` windows each, up to ``fg_fraction``
     of them foreground, sampled without replacement within an image; a random flip per
-    image (``flip``) and a random scale out of ``num_scales`` per window
-    (``scale_per_window``, the released code's frozen-trunk training) or per image."""
+    image (``flip``; ``vflip`` for a vertical one too) and a random scale out of
+    ``num_scales`` per window (``scale_per_window``, the released code's frozen-trunk
+    training) or per image."""
 
     def __init__(self, entries: list[ImageWindows], batch_windows: int, images_per_batch: int,
                  fg_fraction: float, flip: bool = False, num_scales: int = 1,
-                 scale_per_window: bool = True) -> None:
+                 scale_per_window: bool = True, vflip: bool = False) -> None:
         self.entries = [e for e in entries if len(e.fg) or len(e.bg)]
         if not self.entries:
             raise SppDetError("no training image has a foreground or background window")
@@ -91,6 +97,7 @@ class WindowSampler:
         self.images_per_batch = images_per_batch
         self.fg_fraction = fg_fraction
         self.flip = flip
+        self.vflip = vflip
         self.num_scales = num_scales
         self.scale_per_window = scale_per_window
 
@@ -111,7 +118,9 @@ class WindowSampler:
                 scales = torch.tensor([rng.randrange(self.num_scales) for _ in range(len(sel))], dtype=torch.long)
             else:
                 scales = torch.full((len(sel),), rng.randrange(self.num_scales), dtype=torch.long)
-            out.append(Draw(e.index, sel, flip, scales))
+            # drawn last and only when asked for, so the streams without it stay as they were
+            vflip = self.vflip and rng.random() < 0.5
+            out.append(Draw(e.index, sel, flip, scales, vflip))
         return out
 
 

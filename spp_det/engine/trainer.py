@@ -94,7 +94,8 @@ class Trainer:
     def sampler(self, entries: list[ImageWindows]) -> WindowSampler:
         tc = self.cfg.train
         return WindowSampler(entries, tc.batch_windows, tc.images_per_batch, tc.fg_fraction, flip=bool(tc.flip),
-                             num_scales=len(self.model.train_scales), scale_per_window=not self.finetune)
+                             num_scales=len(self.model.train_scales), scale_per_window=not self.finetune,
+                             vflip=bool(tc.get("vflip")))
 
     def batches(self, dataset: DetectionDataset, entries: list[ImageWindows]) -> FrozenBatches | EndToEndBatches:
         return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,

@@ -23,8 +23,12 @@ from .sampling import ImageWindows, label_windows
 
 def check_frozen_trunk(cfg: DictConfig) -> None:
     """A frozen trunk must bring learned weights: frozen random conv features train
-    without complaint and give a weak detector nobody asked for."""
+    without complaint and give a weak detector nobody asked for. Its maps come from the
+    cache, which holds upright images only (no ``vflip``)."""
     t, tc = cfg.model.trunk, cfg.train
+    if tc.get("vflip") and not tc.finetune_conv:
+        raise SppDetError("train.vflip=true needs train.finetune_conv=true: the conv-map cache of a frozen "
+                          "trunk holds upright images only")
     if tc.finetune_conv or t.get("pretrained") or t.get("weights_path") or tc.get("allow_random_frozen_trunk"):
         return
     raise SppDetError(
@@ -55,7 +59,8 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
         windows = torch.from_numpy(boxes)
         if tc.include_gt:
             windows = torch.cat([gt, windows])
-        entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou)))
+        entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou),
+                                     height=t.height))
     if not entries:
         raise SppDetError(f"dataset '{dataset.name}': no usable training image")
     return entries

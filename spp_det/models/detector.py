@@ -12,8 +12,22 @@ from torchvision.ops import batched_nms
 
 from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
-from .heads import SPPHead
-from .spp import SpatialPyramidPooling, project_windows
+from .heads import SPPHead, compress_head
+from .spp import SpatialPyramidPooling, project_windows, unique_rows
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively here: AMX or AVX-512-BF16 on a CPU
+    (elsewhere autocast would emulate them, slower than float32), bf16 units on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
 
 
 @dataclass
@@ -100,6 +114,27 @@ class SPPNet(nn.Module):
         self.scale_target = scale_target
         self.box_coder = BoxCoder(tuple(box_weights))
         self.test_flip = test_flip
+        self.precision = "float32"  # inference only: see set_precision
+
+    def set_precision(self, precision: str) -> str:
+        """Inference arithmetic of trunk and heads: "float32", "bfloat16" (autocast), or
+        "auto" (bfloat16 where this device multiplies it natively, float32 elsewhere).
+        Pooling, softmax and box decoding stay float32. Returns what was chosen."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision '{precision}': use one of {PRECISIONS}")
+        if precision == "auto":
+            precision = "bfloat16" if bf16_supported(self.trunk.mean.device) else "float32"
+        self.precision = precision
+        return precision
+
+    def autocast(self) -> torch.autocast:
+        """The inference precision as a context (a no-op in float32)."""
+        return torch.autocast(self.trunk.mean.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bfloat16")
+
+    def compress(self, ranks: tuple[int, int]) -> None:
+        """Truncated SVD of fc6 and fc7 (Fast R-CNN), for inference: see heads.compress_head."""
+        compress_head(self.head, ranks)
 
     # ---- images -> feature maps -------------------------------------------------------
     def resize(self, image: np.ndarray, scale: int) -> tuple[np.ndarray, float, float]:
@@ -145,32 +180,46 @@ class SPPNet(nn.Module):
         s = torch.tensor(scales, dtype=torch.float64, device=boxes.device)
         return (expected[:, None] - s[None, :]).abs().argmin(dim=1)
 
+    def project(self, maps: list[FeatureMap], boxes: torch.Tensor, map_index: torch.Tensor) -> torch.Tensor:
+        """(K, 5) int64 [map, x1', y1', x2', y2']: each window's inclusive cells on its map.
+        boxes: (K, 4) xyxy ORIGINAL pixels of the image of its map; map_index: (K,)."""
+        cells = torch.zeros((len(boxes), 5), dtype=torch.long, device=boxes.device)
+        for m in map_index.unique().tolist():
+            # every tensor made here takes its device from the inputs: under DDP on CUDA the
+            # boxes arrive on the GPU while a cached map may still be on the CPU
+            sel = (map_index == m).nonzero().squeeze(1).to(boxes.device)
+            fm = maps[m]
+            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64,
+                                                        device=boxes.device)
+            cells[sel, 0] = m
+            cells[sel, 1:] = project_windows(scaled, self.trunk.stride, self.trunk.centre0, fm.features.shape[-2:],
+                                             self.projection, self.margin)
+        return cells
+
+    def pool_cells(self, maps: list[FeatureMap], cells: torch.Tensor) -> torch.Tensor:
+        """(K, C * bins) pyramid vectors of windows given as :meth:`project` cells."""
+        out = None
+        for m in cells[:, 0].unique().tolist():
+            sel = (cells[:, 0] == m).nonzero().squeeze(1)
+            fm = maps[m]
+            win = cells[sel].clone()
+            win[:, 0] = 0
+            pooled = self.spp(fm.features[None].float(), win.to(fm.features.device))
+            if out is None:
+                out = pooled.new_zeros((len(cells), pooled.shape[1]))
+            out = out.index_copy(0, sel.to(pooled.device), pooled)
+        if out is None:
+            c = maps[0].features.shape[0] if maps else self.trunk.out_channels
+            out = torch.zeros((0, self.spp.output_size(c)), device=self.trunk.mean.device)
+        return out
+
     def pool(self, maps: list[FeatureMap], boxes: torch.Tensor, map_index: torch.Tensor) -> torch.Tensor:
         """Pool each window from its feature map.
 
         maps: feature maps (any images/scales); boxes: (K, 4) xyxy ORIGINAL pixels of the
         image of its map; map_index: (K,) which map. Returns (K, C * bins), in box order.
         """
-        out = None
-        for m in map_index.unique().tolist():
-            sel = (map_index == m).nonzero().squeeze(1)
-            fm = maps[m]
-            # every tensor made here takes its device from the inputs: under DDP on CUDA the
-            # boxes arrive on the GPU while a cached map may still be on the CPU
-            sel = sel.to(boxes.device)
-            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64,
-                                                        device=boxes.device)
-            cells = project_windows(scaled, self.trunk.stride, self.trunk.centre0, fm.features.shape[-2:],
-                                    self.projection, self.margin)
-            cells = torch.cat([torch.zeros_like(cells[:, :1]), cells], dim=1).to(fm.features.device)
-            pooled = self.spp(fm.features[None].float(), cells)
-            if out is None:
-                out = pooled.new_zeros((len(boxes), pooled.shape[1]))
-            out = out.index_copy(0, sel.to(pooled.device), pooled)
-        if out is None:
-            c = maps[0].features.shape[0] if maps else self.trunk.out_channels
-            out = torch.zeros((0, self.spp.output_size(c)), device=self.trunk.mean.device)
-        return out
+        return self.pool_cells(maps, self.project(maps, boxes, map_index))
 
     def forward(self, inputs: list, boxes: torch.Tensor, map_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training entry point (what DistributedDataParallel wraps).
@@ -184,8 +233,16 @@ class SPPNet(nn.Module):
 
     def forward_windows(self, maps: list[FeatureMap], boxes: torch.Tensor,
                         map_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heads on pooled windows -> (logits (K, C + 1), deltas (K, 4C))."""
-        return self.head(self.pool(maps, boxes, map_index))
+        """Heads on pooled windows -> (logits (K, C + 1), deltas (K, 4C)). At inference
+        windows that project to the same cells of the same map, whose pooled vectors are
+        therefore equal, go through pooling and heads once (in training each keeps its own
+        dropout mask)."""
+        cells = self.project(maps, boxes, map_index)
+        if self.training:
+            return self.head(self.pool_cells(maps, cells))
+        unique, inverse = unique_rows(cells)
+        logits, deltas = self.head(self.pool_cells(maps, unique))
+        return (logits, deltas) if inverse is None else (logits[inverse], deltas[inverse])
 
     # ---- inference -------------------------------------------------------------------------
     def decode(self, deltas: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -216,10 +273,11 @@ class SPPNet(nn.Module):
     def _score(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...],
                maps: list[FeatureMap] | None) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = image.shape[:2]
-        if maps is None:
-            maps = self.compute_features(image, scales)
-        logits, deltas = self.forward_windows(maps, boxes, self.select_scales(boxes, h, w, scales))
-        return torch.softmax(logits, dim=1).cpu(), self.decode(deltas.cpu(), boxes, h, w)
+        with self.autocast():
+            if maps is None:
+                maps = self.compute_features(image, scales)
+            logits, deltas = self.forward_windows(maps, boxes, self.select_scales(boxes, h, w, scales))
+        return torch.softmax(logits.float(), dim=1).cpu(), self.decode(deltas.float().cpu(), boxes, h, w)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,

@@ -34,3 +34,30 @@ class SPPHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
         return self.cls_score(h), self.bbox_pred(h)
+
+
+def truncated_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
+    """Fast R-CNN's truncated SVD: W (out, in) ~ U_r diag(s_r) V_r^T becomes two layers,
+    in -> rank (weight diag(s_r) V_r^T, no bias) -> out (weight U_r, the old bias), so
+    one product of out x in multiply-adds per window becomes rank x (in + out). At full
+    rank (min(out, in)) the output is the original one up to rounding."""
+    w = layer.weight.detach().double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    rank = min(rank, len(s))
+    first = nn.Linear(w.shape[1], rank, bias=False)
+    second = nn.Linear(rank, w.shape[0], bias=layer.bias is not None)
+    with torch.no_grad():
+        first.weight.copy_((s[:rank, None] * vh[:rank]).to(layer.weight))
+        second.weight.copy_(u[:, :rank].to(layer.weight))
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(layer.weight.device)
+
+
+def compress_head(head: SPPHead, ranks: tuple[int, int]) -> SPPHead:
+    """Replace fc6 and fc7 of a trained head by their truncated SVDs (ranks: fc6, fc7;
+    Fast R-CNN used 1024 and 256 for VGG16's 25088 -> 4096 -> 4096). For inference only:
+    the head is changed in place and returned."""
+    head.fc6 = truncated_linear(head.fc6, ranks[0])
+    head.fc7 = truncated_linear(head.fc7, ranks[1])
+    return head

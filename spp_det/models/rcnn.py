@@ -57,9 +57,10 @@ class RCNN(nn.Module):
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         logits, deltas = [], []
         for start in range(0, len(boxes), self.batch_size):
-            lg, dl = self.window_logits(self.warp(image, boxes[start:start + self.batch_size]))
-            logits.append(lg.cpu())
-            deltas.append(dl.cpu())
+            with self.detector.autocast():  # the SPP model's inference precision, for a fair comparison
+                lg, dl = self.window_logits(self.warp(image, boxes[start:start + self.batch_size]))
+            logits.append(lg.float().cpu())
+            deltas.append(dl.float().cpu())
         c = self.detector.num_classes
         logits_t = torch.cat(logits) if logits else torch.zeros((0, c + 1))
         deltas_t = torch.cat(deltas) if deltas else torch.zeros((0, 4 * c))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import spp_kernel
+
 PROJECTIONS = ("released", "paper")
 
 
@@ -82,7 +84,7 @@ def _range_max_tables(fmap: torch.Tensor, index: torch.Tensor | None,
     return tables
 
 
-def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Distinct rows of small non-negative int64 ``rows`` in order of first occurrence, and
     the index of each row's copy (None when every row is distinct: nothing to gather).
     One scalar key per row: ``unique(dim=0)`` compares rows one by one (7 ms for a few
@@ -126,17 +128,21 @@ class SpatialPyramidPooling(nn.Module):
     max is the max of their maxima ({3, 2, 1} from 6: 14 of 50 bins pooled from the map).
     Windows that project to the same cells are pooled once (as the released code did).
 
-    One level is pooled for all bins of all windows at once with 2-D range-maximum (sparse)
-    tables: the max over any rectangle is the max of four overlapping power-of-two blocks,
-    so no Python loop runs over windows. When a gradient is needed the tables also carry
-    the argmax positions and the output is one gather from the map (its backward a single
-    scatter-add). Bin edges are integer arithmetic, so both equal the crop-wise reference.
+    On the CPU one level is pooled by a compiled loop (``spp_kernel``, numba) that maxes
+    every bin straight from a channels-last copy of the map. Elsewhere (a GPU, no numba,
+    or ``use_kernel=False``) all bins of all windows are pooled at once with 2-D
+    range-maximum (sparse) tables: the max over any rectangle is the max of four
+    overlapping power-of-two blocks, so no Python loop runs over windows. When a gradient
+    is needed either path also returns the argmax positions and the output is one gather
+    from the map (its backward a single scatter-add). Bin edges are integer arithmetic,
+    so every path equals the crop-wise reference.
     """
 
-    def __init__(self, levels: tuple[int, ...] = (6, 3, 2, 1)) -> None:
+    def __init__(self, levels: tuple[int, ...] = (6, 3, 2, 1), use_kernel: bool = True) -> None:
         super().__init__()
         self.levels = tuple(int(n) for n in levels)
         self.finest = max(self.levels)
+        self.use_kernel = use_kernel
 
     @property
     def bins(self) -> int:
@@ -163,8 +169,16 @@ class SpatialPyramidPooling(nn.Module):
         if k == 0:
             return features.new_zeros((0, self.output_size(c)))
         windows = windows.to(features.device)
-        unique, inverse = _unique_rows(windows)
-        pool = self._pool_grad if features.requires_grad and torch.is_grad_enabled() else self._pool_tables
+        unique, inverse = unique_rows(windows)
+        grad = features.requires_grad and torch.is_grad_enabled()
+        if self.use_kernel and spp_kernel.AVAILABLE and features.device.type == "cpu" \
+                and features.dtype in spp_kernel.DTYPES:
+            if grad:
+                pooled = torch.take(features, spp_kernel.pool_pyramid(features, unique, self.levels, True)[1])
+            else:
+                pooled = spp_kernel.pool_pyramid(features, unique, self.levels)
+            return pooled if inverse is None else pooled[inverse]
+        pool = self._pool_grad if grad else self._pool_tables
         # levels are (U, n, n, C), channels last: the reductions below then run over
         # contiguous channels, and only the final layout change copies the values
         fine = pool(features, unique, self.finest)

@@ -86,6 +86,13 @@ class ProposalStore:
     def path(self, image_path: str | Path) -> Path:
         return self.path_for(self.dir, self.key(image_path))
 
+    def has(self, image_path: str | Path) -> bool:
+        """Whether an entry exists (it may still prove corrupt when read)."""
+        try:
+            return self.path(image_path).is_file()
+        except SppDetError:
+            return False
+
     def get(self, image_path: str | Path) -> np.ndarray | None:
         return self.get_key(self.key(image_path))
 

@@ -1,0 +1,164 @@
+"""Per-image time of each stage, SPP-net at 1 and 5 scales against R-CNN mode, on real
+photos with their cached selective-search windows. Writes benchmarks/results/speed.json.
+
+    python benchmarks/speed.py [--images 8] [--rcnn-images 2] [--windows 2000] [--trunk alexnet]
+
+Everything runs in one process on the same images, windows, weights (random, 20
+classes: speed does not depend on what the weights learned), heads and numeric settings.
+Each image gets exactly --windows windows: its stored selective-search windows
+(configs/proposals/ss_fast.yaml, computed first where missing), repeated when fewer, as
+R-CNN and SPP-net were compared in the paper. Repeats project onto the same cells and are
+pooled and scored once (the detector's dedup), so the JSON also gives the distinct count.
+
+Stages (SPP): trunk (conv maps at every scale), projection (best scale per window, cells,
+dedup), pooling, heads (fc6, fc7, outputs), decode + NMS. R-CNN mode runs warping + trunk +
+whole-map pyramid + heads per window, in batches, for --rcnn-images images (it is slow).
+Variants: float32, bfloat16 autocast (where the CPU multiplies it natively), and
+bfloat16 with truncated SVD of fc6/fc7 (--svd-rank).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from spp_det.data import read_image
+from spp_det.models import RCNN, build_detector, postprocess_detections
+from spp_det.models.detector import bf16_supported
+from spp_det.models.spp import unique_rows
+from spp_det.proposals import build_proposals, compute_missing
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "coco128" / "train2017"
+
+
+def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...]) -> dict[str, float]:
+    """Seconds of each stage of ``SPPNet.predict`` on one image, run one after the other
+    exactly as ``detect_windows`` chains them (checked against the whole call)."""
+    h, w = image.shape[:2]
+    t = {}
+    with torch.no_grad(), model.autocast():
+        t0 = time.perf_counter()
+        maps = model.compute_features(image, scales)
+        t1 = time.perf_counter()
+        cells = model.project(maps, boxes, model.select_scales(boxes, h, w, scales))
+        unique, inverse = unique_rows(cells)
+        t2 = time.perf_counter()
+        pooled = model.pool_cells(maps, unique)
+        t3 = time.perf_counter()
+        logits, deltas = model.head(pooled)
+        if inverse is not None:
+            logits, deltas = logits[inverse], deltas[inverse]
+        t4 = time.perf_counter()
+    probs = torch.softmax(logits.float(), 1)
+    postprocess_detections(probs, model.decode(deltas.float(), boxes, h, w))
+    t5 = time.perf_counter()
+    t.update(trunk=t1 - t0, projection=t2 - t1, pooling=t3 - t2, heads=t4 - t3, decode_nms=t5 - t4, total=t5 - t0)
+    t["distinct_windows"] = len(unique)
+    return t
+
+
+def rcnn_time(rcnn: RCNN, image: np.ndarray, boxes: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    rcnn.predict(image, boxes)
+    return time.perf_counter() - t0
+
+
+def mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--rcnn-images", type=int, default=2)
+    ap.add_argument("--windows", type=int, default=2000)
+    ap.add_argument("--trunk", default="alexnet")
+    ap.add_argument("--scale", type=int, default=688)
+    ap.add_argument("--scales5", type=int, nargs=5, default=[480, 576, 688, 864, 1200])
+    ap.add_argument("--svd-rank", type=int, nargs=2, default=[1024, 256])
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--image-dir", default=str(SHARED))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    files = sorted(Path(args.image_dir).glob("*.jpg"))[: args.images]
+    store, ss = build_proposals(OmegaConf.load(ROOT / "configs" / "proposals" / "ss_fast.yaml"))
+    compute_missing(store, files, ss)
+    images, windows = [], []
+    for f in files:
+        boxes = store.get(f)
+        reps = int(np.ceil(args.windows / len(boxes)))
+        windows.append(torch.from_numpy(np.tile(boxes, (reps, 1))[: args.windows]))
+        images.append(read_image(f))
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{args.trunk}.yaml")
+    torch.manual_seed(0)
+    model = build_detector(cfg, num_classes=20, pretrained=False).eval()
+    variants = [("float32", None)]
+    if bf16_supported("cpu"):
+        variants += [("bfloat16", None), ("bfloat16", tuple(args.svd_rank))]
+    result = {"images": [f.name for f in files], "windows_per_image": args.windows, "trunk": args.trunk,
+              "threads": args.threads, "machine": platform.processor() or platform.machine(),
+              "cpu_bf16": bf16_supported("cpu"), "variants": []}
+    for precision, ranks in variants:
+        m = build_detector(cfg, num_classes=20, pretrained=False).eval()
+        m.load_state_dict(model.state_dict())
+        m.set_precision(precision)
+        if ranks:
+            m.compress(ranks)
+        name = precision + (f" + SVD {ranks[0]}/{ranks[1]}" if ranks else "")
+        row = {"variant": name}
+        for label, scales in (("spp_1_scale", (args.scale,)), ("spp_5_scales", tuple(args.scales5))):
+            stage_times(m, images[0], windows[0], scales)  # warm-up (kernel compilation, allocator)
+            rows = [stage_times(m, im, win, scales) for im, win in zip(images, windows)]
+            t0 = time.perf_counter()
+            for im, win in zip(images, windows):
+                m.predict(im, win, scales=scales)
+            whole = (time.perf_counter() - t0) / len(images)
+            row[label] = {k: round(mean(rows, k), 4) for k in rows[0]}
+            row[label]["predict_call"] = round(whole, 4)
+            row[label]["first_images_total"] = round(float(np.mean([r["total"] for r in rows[: args.rcnn_images]])), 4)
+        if not ranks:  # R-CNN mode at the same precision (its heads are the same size)
+            rcnn = RCNN(m, batch_size=32).eval()
+            rcnn_time(rcnn, images[0], windows[0][:32])  # warm-up
+            secs = [rcnn_time(rcnn, im, win) for im, win in zip(images[: args.rcnn_images], windows)]
+            row["rcnn"] = {"total": round(float(np.mean(secs)), 3)}
+            row["rcnn_over_spp_1_scale"] = round(row["rcnn"]["total"] / row["spp_1_scale"]["first_images_total"], 1)
+            row["rcnn_over_spp_5_scales"] = round(row["rcnn"]["total"] / row["spp_5_scales"]["first_images_total"], 1)
+        result["variants"].append(row)
+        print(json.dumps(row))
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print_table(result)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+def print_table(result: dict) -> None:
+    stages = ("trunk", "projection", "pooling", "heads", "decode_nms", "total")
+    print(f"\n{result['trunk']}, {len(result['images'])} coco128 photos, {result['windows_per_image']} windows "
+          f"per image, {result['threads']} threads; seconds per image")
+    print("| variant | mode | " + " | ".join(stages) + " | R-CNN / SPP |")
+    print("|---" * (len(stages) + 3) + "|")
+    for row in result["variants"]:
+        for label in ("spp_1_scale", "spp_5_scales"):
+            r = row[label]
+            ratio = row.get(f"rcnn_over_{label}")
+            print(f"| {row['variant']} | {label.replace('_', ' ')} | " + " | ".join(f"{r[s]:.3f}" for s in stages)
+                  + f" | {f'{ratio:.0f}x' if ratio else '-'} |")
+        if "rcnn" in row:
+            print(f"| {row['variant']} | R-CNN | " + " | ".join("" for _ in stages[:-1])
+                  + f" | {row['rcnn']['total']:.2f} | 1x |")
+
+
+if __name__ == "__main__":
+    main()
