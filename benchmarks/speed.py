@@ -30,8 +30,10 @@ import torch
 from omegaconf import OmegaConf
 
 from spp_det.data import read_image
-from spp_det.models import RCNN, build_detector, postprocess_detections
-from spp_det.models.detector import bf16_supported
+from torchvision.ops import roi_pool
+
+from spp_det.models import RCNN, FeatureMap, SpatialPyramidPooling, build_detector, postprocess_detections
+from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported
 from spp_det.models.spp import unique_rows
 from spp_det.proposals import build_proposals, compute_missing
 
@@ -50,17 +52,29 @@ def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int
         t1 = time.perf_counter()
         cells = model.project(maps, boxes, model.select_scales(boxes, h, w, scales))
         unique, inverse = unique_rows(cells)
+        order = torch.argsort(unique[:, 0], stable=True)
+        unique, back = unique[order], torch.argsort(order)
+        inverse = back if inverse is None else back[inverse]
+        maps = [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
+                for m in maps]
         t2 = time.perf_counter()
-        pooled = model.pool_cells(maps, unique)
-        t3 = time.perf_counter()
-        logits, deltas = model.head(pooled)
-        if inverse is not None:
-            logits, deltas = logits[inverse], deltas[inverse]
+        pool_s, parts = 0.0, []
+        for i in range(0, len(unique), INFERENCE_CHUNK):  # as forward_windows: pool, then score, a chunk at a time
+            ta = time.perf_counter()
+            chunk = unique[i:i + INFERENCE_CHUNK]
+            pooled = model.pool_cells(maps, chunk, out=model.workspace(len(chunk), maps))
+            pool_s += time.perf_counter() - ta
+            parts.append(model.head(pooled))
+            del pooled
+        logits, deltas = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        logits, deltas = logits[inverse], deltas[inverse]
         t4 = time.perf_counter()
+        t3 = t2 + pool_s
     probs = torch.softmax(logits.float(), 1)
     postprocess_detections(probs, model.decode(deltas.float(), boxes, h, w))
     t5 = time.perf_counter()
-    t.update(trunk=t1 - t0, projection=t2 - t1, pooling=t3 - t2, heads=t4 - t3, decode_nms=t5 - t4, total=t5 - t0)
+    t.update(trunk=t1 - t0, projection=t2 - t1, pooling=pool_s, heads=t4 - t2 - pool_s, decode_nms=t5 - t4,
+             total=t5 - t0)
     t["distinct_windows"] = len(unique)
     return t
 
@@ -69,6 +83,39 @@ def rcnn_time(rcnn: RCNN, image: np.ndarray, boxes: torch.Tensor) -> float:
     t0 = time.perf_counter()
     rcnn.predict(image, boxes)
     return time.perf_counter() - t0
+
+
+def pooling_times(repeats: int = 5) -> dict[str, float]:
+    """The pyramid alone: 2000 windows (corners uniform over the map, so 19 x 15 cells on
+    average, larger than most selective-search windows) on a 256 x 42 x 56 map (AlexNet's
+    conv5 of a 688 x 917 image), levels {6, 3, 2, 1}: the compiled kernel in the chunks
+    inference uses, the pure-torch tables, and torchvision's roi_pool at the 4 levels."""
+    gen = torch.Generator().manual_seed(0)
+    fmap = torch.relu(torch.randn(1, 256, 42, 56, generator=gen))
+    x = torch.randint(0, 56, (2000, 2), generator=gen).sort(1).values
+    y = torch.randint(0, 42, (2000, 2), generator=gen).sort(1).values
+    wins = torch.cat([torch.zeros(2000, 1, dtype=torch.long), x[:, :1], y[:, :1], x[:, 1:], y[:, 1:]], 1)
+    rois = torch.cat([wins[:, :3].float(), wins[:, 3:].float() + 1], 1)  # roi_pool: box edges in cells
+
+    def best(fn) -> float:
+        fn()
+        out = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out = min(out, time.perf_counter() - t0)
+        return out
+    kernel, tables = SpatialPyramidPooling((6, 3, 2, 1)), SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)
+    fmap_cl = fmap.contiguous(memory_format=torch.channels_last)  # as forward_windows hands it over
+    work = torch.empty((INFERENCE_CHUNK, kernel.output_size(256)))
+    res = {"kernel_chunked": best(lambda: [kernel(fmap_cl, wins[i:i + INFERENCE_CHUNK], out=work[:len(wins[i:i + INFERENCE_CHUNK])])
+                                          for i in range(0, 2000, INFERENCE_CHUNK)]),
+           "kernel_one_call": best(lambda: kernel(fmap, wins)),
+           "torch_tables": best(lambda: tables(fmap, wins)),
+           "roi_pool_4_levels": best(lambda: [roi_pool(fmap, rois, n, 1.0) for n in (6, 3, 2, 1)])}
+    res = {k: round(v, 4) for k, v in res.items()}
+    res["roi_pool_over_kernel"] = round(res["roi_pool_4_levels"] / res["kernel_chunked"], 1)
+    return res
 
 
 def mean(rows: list[dict], key: str) -> float:
@@ -127,15 +174,17 @@ def main() -> None:
             row[label] = {k: round(mean(rows, k), 4) for k in rows[0]}
             row[label]["predict_call"] = round(whole, 4)
             row[label]["first_images_total"] = round(float(np.mean([r["total"] for r in rows[: args.rcnn_images]])), 4)
-        if not ranks:  # R-CNN mode at the same precision (its heads are the same size)
-            rcnn = RCNN(m, batch_size=32).eval()
-            rcnn_time(rcnn, images[0], windows[0][:32])  # warm-up
-            secs = [rcnn_time(rcnn, im, win) for im, win in zip(images[: args.rcnn_images], windows)]
-            row["rcnn"] = {"total": round(float(np.mean(secs)), 3)}
-            row["rcnn_over_spp_1_scale"] = round(row["rcnn"]["total"] / row["spp_1_scale"]["first_images_total"], 1)
-            row["rcnn_over_spp_5_scales"] = round(row["rcnn"]["total"] / row["spp_5_scales"]["first_images_total"], 1)
+        # R-CNN mode with the same weights, heads and numeric settings
+        rcnn = RCNN(m, batch_size=256).eval()  # large batches: fc6's weights read once per 256 crops
+        rcnn_time(rcnn, images[0], windows[0][:32])  # warm-up
+        secs = [rcnn_time(rcnn, im, win) for im, win in zip(images[: args.rcnn_images], windows)]
+        row["rcnn"] = {"total": round(float(np.mean(secs)), 3)}
+        row["rcnn_over_spp_1_scale"] = round(row["rcnn"]["total"] / row["spp_1_scale"]["first_images_total"], 1)
+        row["rcnn_over_spp_5_scales"] = round(row["rcnn"]["total"] / row["spp_5_scales"]["first_images_total"], 1)
         result["variants"].append(row)
         print(json.dumps(row))
+    result["pooling_2000_windows_256x42x56"] = pooling_times()
+    print("pooling alone:", json.dumps(result["pooling_2000_windows_256x42x56"]))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print_table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

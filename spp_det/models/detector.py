@@ -16,6 +16,7 @@ from .heads import SPPHead, compress_head
 from .spp import SpatialPyramidPooling, project_windows, unique_rows
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+INFERENCE_CHUNK = 512  # windows pooled and scored together at inference
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -196,18 +197,24 @@ class SPPNet(nn.Module):
                                              self.projection, self.margin)
         return cells
 
-    def pool_cells(self, maps: list[FeatureMap], cells: torch.Tensor) -> torch.Tensor:
-        """(K, C * bins) pyramid vectors of windows given as :meth:`project` cells."""
-        out = None
+    def pool_cells(self, maps: list[FeatureMap], cells: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, C * bins) pyramid vectors of windows given as :meth:`project` cells.
+        ``out``: a tensor to write them into; with rows grouped by map (as
+        :meth:`forward_windows` sorts them) each map's rows are written in place."""
         for m in cells[:, 0].unique().tolist():
             sel = (cells[:, 0] == m).nonzero().squeeze(1)
             fm = maps[m]
             win = cells[sel].clone()
             win[:, 0] = 0
-            pooled = self.spp(fm.features[None].float(), win.to(fm.features.device))
+            features = fm.features[None].float()
+            dest = None
+            if out is not None and sel[-1] - sel[0] + 1 == len(sel):  # a contiguous block of rows
+                dest = out[int(sel[0]):int(sel[-1]) + 1]
+            pooled = self.spp(features, win.to(fm.features.device), out=dest)
             if out is None:
                 out = pooled.new_zeros((len(cells), pooled.shape[1]))
-            out = out.index_copy(0, sel.to(pooled.device), pooled)
+            if dest is None:
+                out = out.index_copy(0, sel.to(pooled.device), pooled)
         if out is None:
             c = maps[0].features.shape[0] if maps else self.trunk.out_channels
             out = torch.zeros((0, self.spp.output_size(c)), device=self.trunk.mean.device)
@@ -241,8 +248,34 @@ class SPPNet(nn.Module):
         if self.training:
             return self.head(self.pool_cells(maps, cells))
         unique, inverse = unique_rows(cells)
-        logits, deltas = self.head(self.pool_cells(maps, unique))
-        return (logits, deltas) if inverse is None else (logits[inverse], deltas[inverse])
+        if len(unique) == 0:
+            return self.head(self.pool_cells(maps, unique))
+        # rows grouped by map, so that each map's windows of a chunk are one block
+        order = torch.argsort(unique[:, 0], stable=True)
+        unique, back = unique[order], torch.argsort(order)
+        inverse = back if inverse is None else back[inverse]
+        # channels last once per map (the kernel's layout), not once per chunk
+        maps = [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
+                for m in maps]
+        # in chunks written into one workspace kept between images: fresh memory costs
+        # page faults (on this CPU as much as the pooling itself), and peak memory stays
+        # flat however many windows an image has
+        parts = []
+        for i in range(0, len(unique), INFERENCE_CHUNK):
+            chunk = unique[i:i + INFERENCE_CHUNK]
+            parts.append(self.head(self.pool_cells(maps, chunk, out=self.workspace(len(chunk), maps))))
+        logits, deltas = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return logits[inverse], deltas[inverse]
+
+    def workspace(self, rows: int, maps: list[FeatureMap]) -> torch.Tensor:
+        """(rows, C * bins) float32 buffer for pooled vectors, reused between calls."""
+        device = maps[0].features.device
+        width = self.spp.output_size(maps[0].features.shape[0])
+        buf = getattr(self, "_workspace", None)
+        if buf is None or buf.device != device or buf.shape[1] != width or buf.shape[0] < rows:
+            buf = torch.empty((max(rows, INFERENCE_CHUNK), width), device=device)
+            self._workspace = buf
+        return buf[:rows]
 
     # ---- inference -------------------------------------------------------------------------
     def decode(self, deltas: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

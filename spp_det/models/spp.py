@@ -164,7 +164,9 @@ class SpatialPyramidPooling(nn.Module):
         return (ys[:, :, None].expand(-1, n, n).reshape(k, -1), ye[:, :, None].expand(-1, n, n).reshape(k, -1),
                 xs[:, None, :].expand(-1, n, n).reshape(k, -1), xe[:, None, :].expand(-1, n, n).reshape(k, -1))
 
-    def forward(self, features: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, windows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: optional (K, C * bins) tensor to write the result into (the compiled
+        path uses it as is; the others copy into it)."""
         k, c = windows.shape[0], features.shape[1]
         if k == 0:
             return features.new_zeros((0, self.output_size(c)))
@@ -175,15 +177,18 @@ class SpatialPyramidPooling(nn.Module):
                 and features.dtype in spp_kernel.DTYPES:
             if grad:
                 pooled = torch.take(features, spp_kernel.pool_pyramid(features, unique, self.levels, True)[1])
+            elif out is not None and inverse is None and out.is_contiguous() and out.dtype == features.dtype:
+                return spp_kernel.pool_pyramid(features, unique, self.levels, out=out)
             else:
                 pooled = spp_kernel.pool_pyramid(features, unique, self.levels)
-            return pooled if inverse is None else pooled[inverse]
+            pooled = pooled if inverse is None else pooled[inverse]
+            return pooled if out is None else out.copy_(pooled)
         pool = self._pool_grad if grad else self._pool_tables
         # levels are (U, n, n, C), channels last: the reductions below then run over
         # contiguous channels, and only the final layout change copies the values
         fine = pool(features, unique, self.finest)
         u, big = len(unique), self.finest
-        out = []
+        levels = []
         for n in self.levels:
             if n == big:
                 level = fine
@@ -195,9 +200,10 @@ class SpatialPyramidPooling(nn.Module):
                 level = fine.reshape(u, n, m, n, m, c).amax(dim=(2, 4))
             else:
                 level = pool(features, unique, n)
-            out.append(level.permute(0, 3, 1, 2).reshape(u, -1))  # (C, n, n) row-major per window
-        pooled = torch.cat(out, dim=1)
-        return pooled if inverse is None else pooled[inverse]
+            levels.append(level.permute(0, 3, 1, 2).reshape(u, -1))  # (C, n, n) row-major per window
+        pooled = torch.cat(levels, dim=1)
+        pooled = pooled if inverse is None else pooled[inverse]
+        return pooled if out is None else out.copy_(pooled)
 
     def _pool_grad(self, features: torch.Tensor, windows: torch.Tensor, n: int) -> torch.Tensor:
         """Differentiable pooling of level n. Many windows: the table path run for the

@@ -119,19 +119,20 @@ if numba is not None:
 
 
 def pool_pyramid(features: torch.Tensor, windows: torch.Tensor, levels: tuple[int, ...],
-                 with_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 with_index: bool = False, out: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(K, C * sum(n * n)) pyramid vectors, each level (C, n, n) row-major, for windows
     (K, 5) int64 [batch, x1', y1', x2', y2'] inclusive cells of features (B, C, H, W)
     float32/float64 on the CPU; with ``with_index`` also the flat position of every value
-    in ``features`` (same shape, int64), for ``torch.take``. Values only, no autograd."""
+    in ``features`` (same shape, int64), for ``torch.take``. Values only, no autograd.
+    ``out``: a contiguous CPU tensor of the result's shape and dtype to write into (a
+    workspace reused between calls saves the page faults of fresh memory)."""
     fmap = features.detach().permute(0, 2, 3, 1).contiguous().numpy()
     win = windows.contiguous().numpy()
     k, c = len(win), fmap.shape[3]
     width = c * sum(n * n for n in levels)
-    out = np.empty((k, width), fmap.dtype)
+    values = features.new_empty((k, width)) if out is None else out
     where = np.empty((k, width) if with_index else (0, 0), np.int64)
-    _pyramid(fmap, win, np.asarray(levels, np.int64), max(levels), out, where, with_index)
-    values = torch.from_numpy(out)
+    _pyramid(fmap, win, np.asarray(levels, np.int64), max(levels), values.numpy(), where, with_index)
     return (values, torch.from_numpy(where)) if with_index else values
 
 
