@@ -32,9 +32,8 @@ from omegaconf import OmegaConf
 from spp_det.data import read_image
 from torchvision.ops import roi_pool
 
-from spp_det.models import RCNN, FeatureMap, SpatialPyramidPooling, build_detector, postprocess_detections
-from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported
-from spp_det.models.spp import unique_rows
+from spp_det.models import RCNN, SpatialPyramidPooling, build_detector, postprocess_detections
+from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported, channels_last, distinct_cells
 from spp_det.proposals import build_proposals, compute_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +50,8 @@ def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int
         maps = model.compute_features(image, scales)
         t1 = time.perf_counter()
         cells = model.project(maps, boxes, model.select_scales(boxes, h, w, scales))
-        unique, inverse = unique_rows(cells)
-        order = torch.argsort(unique[:, 0], stable=True)
-        unique, back = unique[order], torch.argsort(order)
-        inverse = back if inverse is None else back[inverse]
-        maps = [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
-                for m in maps]
+        unique, inverse = distinct_cells(cells)
+        maps = channels_last(maps)
         t2 = time.perf_counter()
         pool_s, parts = 0.0, []
         for i in range(0, len(unique), INFERENCE_CHUNK):  # as forward_windows: pool, then score, a chunk at a time
@@ -69,7 +64,6 @@ def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int
         logits, deltas = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         logits, deltas = logits[inverse], deltas[inverse]
         t4 = time.perf_counter()
-        t3 = t2 + pool_s
     probs = torch.softmax(logits.float(), 1)
     postprocess_detections(probs, model.decode(deltas.float(), boxes, h, w))
     t5 = time.perf_counter()

@@ -85,6 +85,22 @@ def postprocess_detections(probs: torch.Tensor, boxes: torch.Tensor, score_thres
     return {"boxes": b[order], "scores": s[order], "labels": l[order]}
 
 
+def distinct_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, 5) distinct rows of (K, 5) :meth:`SPPNet.project` cells, grouped by map (so
+    that each map's windows of a chunk are one block of rows), and (K,) each window's row."""
+    unique, inverse = unique_rows(cells)
+    order = torch.argsort(unique[:, 0], stable=True)
+    back = torch.argsort(order)
+    return unique[order], (back if inverse is None else back[inverse])
+
+
+def channels_last(maps: list[FeatureMap]) -> list[FeatureMap]:
+    """The maps as float32 in channels-last memory (the pooling kernel's layout), converted
+    once per map rather than once per chunk of windows."""
+    return [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
+            for m in maps]
+
+
 class SPPNet(nn.Module):
     """SPP-net detector.
 
@@ -247,16 +263,10 @@ class SPPNet(nn.Module):
         cells = self.project(maps, boxes, map_index)
         if self.training:
             return self.head(self.pool_cells(maps, cells))
-        unique, inverse = unique_rows(cells)
+        unique, inverse = distinct_cells(cells)
         if len(unique) == 0:
             return self.head(self.pool_cells(maps, unique))
-        # rows grouped by map, so that each map's windows of a chunk are one block
-        order = torch.argsort(unique[:, 0], stable=True)
-        unique, back = unique[order], torch.argsort(order)
-        inverse = back if inverse is None else back[inverse]
-        # channels last once per map (the kernel's layout), not once per chunk
-        maps = [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
-                for m in maps]
+        maps = channels_last(maps)
         # in chunks written into one workspace kept between images: fresh memory costs
         # page faults (on this CPU as much as the pooling itself), and peak memory stays
         # flat however many windows an image has
