@@ -10,8 +10,8 @@ Each image gets exactly --windows windows: its stored selective-search windows
 R-CNN and SPP-net were compared in the paper. Repeats project onto the same cells and are
 pooled and scored once (the detector's dedup), so the JSON also gives the distinct count.
 
-Stages (SPP): trunk (conv maps at every scale), projection (best scale per window, cells,
-dedup), pooling, heads (fc6, fc7, outputs), decode + NMS. R-CNN mode runs warping + trunk +
+Stages (SPP): trunk (conv maps at every scale), projection (cells of each window),
+pooling, heads (best scale per window, dedup, fc6, fc7, outputs), decode + NMS. R-CNN mode runs warping + trunk +
 whole-map pyramid + heads per window, in batches, for --rcnn-images images (it is slow).
 Variants: float32, bfloat16 autocast (where the CPU multiplies it natively), and
 bfloat16 with truncated SVD of fc6/fc7 (--svd-rank).
@@ -29,48 +29,63 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from model_speed import timed  # benchmarks/ is the script's own directory
+
 from spp_det.data import read_image
 from torchvision.ops import roi_pool
 
 from spp_det.models import RCNN, SpatialPyramidPooling, build_detector, postprocess_detections
-from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported, channels_last, distinct_cells
+from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported
+from spp_det.models.spp import unique_rows
 from spp_det.proposals import build_proposals, compute_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "coco128" / "train2017"
 
 
+class Stopwatch:
+    """Wraps a bound method of a model so that each call's seconds add up in ``seconds``:
+    the stages are timed inside the real ``forward_windows``, not a copy of it."""
+
+    def __init__(self, model, name: str) -> None:
+        self.model, self.name, self.seconds = model, name, 0.0
+        self.method = getattr(model, name)
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.method(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def __enter__(self) -> "Stopwatch":
+        setattr(self.model, self.name, self)  # an instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc) -> None:
+        delattr(self.model, self.name)
+
+
 def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...]) -> dict[str, float]:
-    """Seconds of each stage of ``SPPNet.predict`` on one image, run one after the other
-    exactly as ``detect_windows`` chains them (checked against the whole call)."""
+    """Seconds of each stage of ``SPPNet.predict`` on one image: the trunk, then
+    ``forward_windows`` (projection, pooling, heads with the dedup: the two inner steps timed
+    where the real code calls them), then softmax, decoding and NMS."""
     h, w = image.shape[:2]
-    t = {}
-    with torch.no_grad(), model.autocast():
+    with torch.no_grad(), model.autocast(), Stopwatch(model, "project") as project, \
+            Stopwatch(model, "pool_cells") as pool:
         t0 = time.perf_counter()
         maps = model.compute_features(image, scales)
         t1 = time.perf_counter()
-        cells = model.project(maps, boxes, model.select_scales(boxes, h, w, scales))
-        unique, inverse = distinct_cells(cells)
-        maps = channels_last(maps)
+        logits, deltas = model.forward_windows(maps, boxes, model.select_scales(boxes, h, w, scales))
         t2 = time.perf_counter()
-        pool_s, parts = 0.0, []
-        for i in range(0, len(unique), INFERENCE_CHUNK):  # as forward_windows: pool, then score, a chunk at a time
-            ta = time.perf_counter()
-            chunk = unique[i:i + INFERENCE_CHUNK]
-            pooled = model.pool_cells(maps, chunk, out=model.workspace(len(chunk), maps))
-            pool_s += time.perf_counter() - ta
-            parts.append(model.head(pooled))
-            del pooled
-        logits, deltas = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        logits, deltas = logits[inverse], deltas[inverse]
-        t4 = time.perf_counter()
-    probs = torch.softmax(logits.float(), 1)
-    postprocess_detections(probs, model.decode(deltas.float(), boxes, h, w))
-    t5 = time.perf_counter()
-    t.update(trunk=t1 - t0, projection=t2 - t1, pooling=pool_s, heads=t4 - t2 - pool_s, decode_nms=t5 - t4,
-             total=t5 - t0)
-    t["distinct_windows"] = len(unique)
-    return t
+    # unique_rows keeps the distinct windows; the heads see exactly these
+    distinct = len(unique_rows(model.project(maps, boxes, model.select_scales(boxes, h, w, scales))))
+    t3 = time.perf_counter()
+    postprocess_detections(torch.softmax(logits.float(), 1), model.decode(deltas.float(), boxes, h, w))
+    t4 = time.perf_counter()
+    return {"trunk": t1 - t0, "projection": project.seconds, "pooling": pool.seconds,
+            "heads": t2 - t1 - project.seconds - pool.seconds, "decode_nms": t4 - t3,
+            "total": (t2 - t0) + (t4 - t3), "distinct_windows": distinct}
 
 
 def rcnn_time(rcnn: RCNN, image: np.ndarray, boxes: torch.Tensor) -> float:
@@ -91,22 +106,14 @@ def pooling_times(repeats: int = 5) -> dict[str, float]:
     wins = torch.cat([torch.zeros(2000, 1, dtype=torch.long), x[:, :1], y[:, :1], x[:, 1:], y[:, 1:]], 1)
     rois = torch.cat([wins[:, :3].float(), wins[:, 3:].float() + 1], 1)  # roi_pool: box edges in cells
 
-    def best(fn) -> float:
-        fn()
-        out = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - t0)
-        return out
     kernel, tables = SpatialPyramidPooling((6, 3, 2, 1)), SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)
     fmap_cl = fmap.contiguous(memory_format=torch.channels_last)  # as forward_windows hands it over
     work = torch.empty((INFERENCE_CHUNK, kernel.output_size(256)))
-    res = {"kernel_chunked": best(lambda: [kernel(fmap_cl, wins[i:i + INFERENCE_CHUNK], out=work[:len(wins[i:i + INFERENCE_CHUNK])])
-                                          for i in range(0, 2000, INFERENCE_CHUNK)]),
-           "kernel_one_call": best(lambda: kernel(fmap, wins)),
-           "torch_tables": best(lambda: tables(fmap, wins)),
-           "roi_pool_4_levels": best(lambda: [roi_pool(fmap, rois, n, 1.0) for n in (6, 3, 2, 1)])}
+    res = {"kernel_chunked": timed(lambda: [kernel(fmap_cl, wins[i:i + INFERENCE_CHUNK], out=work[:len(wins[i:i + INFERENCE_CHUNK])])
+                                          for i in range(0, 2000, INFERENCE_CHUNK)], repeats),
+           "kernel_one_call": timed(lambda: kernel(fmap, wins), repeats),
+           "torch_tables": timed(lambda: tables(fmap, wins), repeats),
+           "roi_pool_4_levels": timed(lambda: [roi_pool(fmap, rois, n, 1.0) for n in (6, 3, 2, 1)], repeats)}
     res = {k: round(v, 4) for k, v in res.items()}
     res["roi_pool_over_kernel"] = round(res["roi_pool_4_levels"] / res["kernel_chunked"], 1)
     return res

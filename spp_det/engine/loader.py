@@ -8,6 +8,7 @@ main process keeps the cores for the network.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -37,7 +38,6 @@ def resolve_workers(value: int | str | None, device: str) -> int:
     if value in (None, "auto"):
         if not str(device).startswith("cuda"):
             return 0
-        import os
         return max(1, min(4, (os.cpu_count() or 2) - 1))
     return int(value)
 
@@ -48,7 +48,6 @@ def inference_workers(value: int | str | None, device: str, missing: int) -> int
     on a cold cache) runs in parallel and overlaps the network; otherwise as
     :func:`resolve_workers`."""
     if value in (None, "auto") and missing:
-        import os
         return max(1, os.cpu_count() or 1)
     return resolve_workers(value, device)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from .backbones import TRUNKS, Trunk, build_trunk, receptive_geometry
-from .detector import FeatureMap, SPPNet, postprocess_detections, resize_image, resized_size
+from .detector import FeatureMap, SPPNet
+from .postprocess import postprocess_detections
 from .heads import SPPHead
 from .rcnn import RCNN
+from .resize import resize_image, resized_size
 from .spp import SpatialPyramidPooling, project_windows
 
 __all__ = ["TRUNKS", "Trunk", "build_trunk", "receptive_geometry", "FeatureMap", "SPPNet",

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
 from .heads import SPPHead, compress_head
+from .postprocess import postprocess_detections
+from .resize import resize_image
 from .spp import SpatialPyramidPooling, project_windows, unique_rows
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -41,48 +41,6 @@ class FeatureMap:
     features: torch.Tensor
     fx: float
     fy: float
-
-
-def resize_factor(height: int, width: int, scale: int, max_size: int) -> float:
-    """Factor that makes the shorter side ``scale`` pixels, unless the longer side would
-    exceed ``max_size``."""
-    f = scale / min(height, width)
-    return min(f, max_size / max(height, width))
-
-
-def resized_size(height: int, width: int, scale: int, max_size: int) -> tuple[int, int]:
-    """(height, width) in pixels of an image after :func:`resize_image`."""
-    f = resize_factor(height, width, scale, max_size)
-    return max(1, round(height * f)), max(1, round(width * f))
-
-
-def resize_image(image: np.ndarray, scale: int, max_size: int) -> tuple[np.ndarray, float, float]:
-    """(H, W, 3) uint8 RGB -> (resized uint8 image, fx, fy): the shorter side becomes
-    ``scale`` unless the longer would exceed ``max_size``. Pure numpy/OpenCV, so data
-    loader workers can run it."""
-    h, w = image.shape[:2]
-    nh, nw = resized_size(h, w, scale, max_size)
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    return np.ascontiguousarray(resized), nw / w, nh / h
-
-
-def postprocess_detections(probs: torch.Tensor, boxes: torch.Tensor, score_thresh: float = 0.001,
-                           nms_thresh: float = 0.3, max_per_image: int = 100) -> dict[str, torch.Tensor]:
-    """Per-class score threshold, per-class NMS and a cap per image.
-
-    probs: (K, C + 1) softmax over background + C classes; boxes: (K, C, 4) per-class
-    boxes in original pixels. Returns {"boxes": (D, 4), "scores": (D,), "labels": (D,)
-    int64 in 1..C}, best score first.
-    """
-    k, c = boxes.shape[:2]
-    scores = probs[:, 1:]
-    labels = torch.arange(1, c + 1, device=probs.device).expand(k, c)
-    keep = scores > score_thresh
-    b, s, l = boxes[keep], scores[keep], labels[keep]
-    wide = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    b, s, l = b[wide], s[wide], l[wide]
-    order = batched_nms(b, s, l, nms_thresh)[:max_per_image]  # sorted by score, descending
-    return {"boxes": b[order], "scores": s[order], "labels": l[order]}
 
 
 def distinct_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +90,7 @@ class SPPNet(nn.Module):
         self.box_coder = BoxCoder(tuple(box_weights))
         self.test_flip = test_flip
         self.precision = "float32"  # inference only: see set_precision
+        self._workspace: torch.Tensor | None = None  # pooled vectors of one chunk, see workspace()
 
     def set_precision(self, precision: str) -> str:
         """Inference arithmetic of trunk and heads: "float32", "bfloat16" (autocast), or
@@ -281,7 +240,7 @@ class SPPNet(nn.Module):
         """(rows, C * bins) float32 buffer for pooled vectors, reused between calls."""
         device = maps[0].features.device
         width = self.spp.output_size(maps[0].features.shape[0])
-        buf = getattr(self, "_workspace", None)
+        buf = self._workspace
         if buf is None or buf.device != device or buf.shape[1] != width or buf.shape[0] < rows:
             buf = torch.empty((max(rows, INFERENCE_CHUNK), width), device=device)
             self._workspace = buf

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from .detector import SPPNet, postprocess_detections
+from .detector import SPPNet
+from .postprocess import postprocess_detections
 
 
 def context_boxes(boxes: torch.Tensor, crop_size: int = 224, context: int = 16) -> torch.Tensor:

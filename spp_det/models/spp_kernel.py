@@ -135,8 +135,3 @@ def pool_pyramid(features: torch.Tensor, windows: torch.Tensor, levels: tuple[in
     _pyramid(fmap, win, np.asarray(levels, np.int64), max(levels), values.numpy(), where, with_index)
     return (values, torch.from_numpy(where)) if with_index else values
 
-
-def set_threads(count: int) -> None:
-    """Use ``count`` threads (the same as torch's, so the two never oversubscribe)."""
-    if AVAILABLE:
-        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
