@@ -51,3 +51,5 @@ def test_clip_flip_and_min_size():
     assert B.clip_boxes(b, (20, 40)).tolist() == [[0.0, 2.0, 40.0, 8.0], [1.0, 1.0, 2.0, 20.0]]
     assert B.keep_min_size(b, 2.0).tolist() == [0]
     assert B.flip_boxes(torch.tensor([[0.0, 1.0, 10.0, 2.0]]), 100).tolist() == [[90.0, 1.0, 100.0, 2.0]]
+    # upside down in a 50 px tall image: rows [1, 12) become [50 - 12, 50 - 1) = [38, 49)
+    assert B.vflip_boxes(torch.tensor([[3.0, 1.0, 10.0, 12.0]]), 50).tolist() == [[3.0, 38.0, 10.0, 49.0]]

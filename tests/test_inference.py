@@ -20,3 +20,12 @@ def test_workers_give_the_same_detections(tmp_path, shapes_root, tiny_checkpoint
     for da, db in zip(a, b):
         for k in ("boxes", "scores", "labels"):
             assert torch.equal(da[k], db[k])
+
+
+def test_inference_workers_search_in_parallel_only_when_windows_are_missing(monkeypatch):
+    from spp_det.engine.loader import inference_workers
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert inference_workers("auto", "cpu", missing=3) == 6     # cold cache: one search per core
+    assert inference_workers("auto", "cpu", missing=0) == 0     # warm on a CPU: the network has the cores
+    assert inference_workers("auto", "cuda", missing=0) == 4    # warm on a GPU: up to 4 loaders
+    assert inference_workers(2, "cpu", missing=3) == 2          # a number is taken as given

@@ -127,8 +127,10 @@ def test_store_is_keyed_by_image_content_not_by_id(tmp_path):
     new = load_voc(root, [("SHAPES", "trainval")], default_classes=SHAPES_CLASSES)
     assert [t.image_id for t in new.targets] == [t.image_id for t in old.targets]
     assert all(store.get(t.path) is None for t in new.targets)  # nothing stale is served
+    assert not any(store.has(t.path) for t in new.targets) and not store.has(tmp_path / "no such file.jpg")
     stats = compute_missing(store, _items(new), SMALL, workers=1, progress=False)
     assert (stats.computed, stats.cached) == (3, 0)
+    assert all(store.has(t.path) for t in new.targets)
     for t, b in zip(new.targets, before):
         fresh = selective_search(read_image(t.path), SMALL)
         np.testing.assert_array_equal(store.get(t.path), fresh)

@@ -244,6 +244,41 @@ def test_an_error_on_one_rank_ends_every_rank(tmp_path, shapes_root):
     assert r0["images_with_results"] == [0, 2, 3] and r1["images_with_results"] is None
 
 
+def test_vflip_turns_image_windows_and_targets_upside_down(tmp_path, shapes_root):
+    """A vertically flipped draw: the image rows reversed, every window and ground-truth
+    box mirrored about the image's height, so the regression targets stay those of the
+    upright pair (dy changes sign, the rest is unchanged)."""
+    import numpy as np
+
+    from spp_det.boxes import BoxCoder
+    from spp_det.engine.batches import EndToEndBatches, draw_targets
+    from spp_det.engine.sampling import Draw
+    trainer = Trainer(make_cfg(tmp_path, shapes_root, "train.vflip=true"), tmp_path / "run")
+    entries = trainer.prepare_windows(trainer.train_set)
+    e = next(x for x in entries if len(x.fg))
+    assert e.height == trainer.train_set.targets[e.index].height
+    sel = e.fg[:3]
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    up = draw_targets(e, Draw(e.index, sel, False, torch.zeros(len(sel), dtype=torch.long)), coder)
+    down = draw_targets(e, Draw(e.index, sel, False, torch.zeros(len(sel), dtype=torch.long), vflip=True), coder)
+    h = e.height
+    assert torch.equal(down[0], torch.stack([up[0][:, 0], h - up[0][:, 3], up[0][:, 2], h - up[0][:, 1]], 1))
+    assert torch.equal(down[1], up[1])
+    assert torch.allclose(down[2], up[2] * torch.tensor([1.0, -1.0, 1.0, 1.0]), atol=1e-5)
+    batches = EndToEndBatches(trainer.train_set, entries, (160,), coder, 300)
+    upright = batches.load(Draw(e.index, sel, False, torch.zeros(len(sel), dtype=torch.long)))[0][0][0]
+    flipped = batches.load(Draw(e.index, sel, False, torch.zeros(len(sel), dtype=torch.long), vflip=True))[0][0][0]
+    # bilinear resizing commutes with reversing the rows (up to OpenCV's fixed-point rounding)
+    assert flipped.shape == upright.shape
+    assert np.abs(flipped.astype(int) - upright[::-1].astype(int)).max() <= 1
+
+
+def test_vflip_with_a_frozen_trunk_is_refused(tmp_path, shapes_root):
+    with pytest.raises(SppDetError, match=r"^train.vflip=true needs train.finetune_conv=true: the conv-map cache "
+                                          r"of a frozen trunk holds upright images only$"):
+        Trainer(make_cfg(tmp_path, shapes_root, *PAPER, "train.vflip=true"), tmp_path / "run")
+
+
 def test_frozen_random_trunk_is_refused(tmp_path, shapes_root):
     cfg = make_cfg(tmp_path, shapes_root, "train=paper")
     with pytest.raises(SppDetError) as err:
