@@ -52,6 +52,18 @@ def test_best_scale_choice_hand_computed():
     assert net.select_scales(boxes, 375, 500, (600,)).tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("name,target", [
+    ("zf5", 13 * 16),                 # the released code's sz_conv_standard x step_standard
+    ("alexnet", 13 * 16),             # conv5 of a 224 input: 13 x 13, stride 16
+    ("vgg16", 14 * 16),               # conv5_3 of a 224 input: 14 x 14
+    ("efficientnet_lite0", 14 * 16),  # stride-16 stage of a 224 input: 14 x 14
+])
+def test_scale_target_is_derived_from_the_trunk(name, target):
+    trunk = build_trunk(name, pretrained=False)
+    assert SPPNet(trunk, 2, hidden=8).scale_target == target
+    assert SPPNet(trunk, 2, hidden=8, scale_target=200).scale_target == 200
+
+
 def test_resize_factor():
     assert resize_factor(375, 500, 688, 2000) == pytest.approx(688 / 375)
     assert resize_factor(375, 500, 688, 800) == pytest.approx(800 / 500)
@@ -127,7 +139,7 @@ def test_training_forward_takes_every_device_from_its_inputs():
     with torch.no_grad():
         fmap = net.compute_features(img, (224,))[0]
     index = torch.zeros(40, dtype=torch.long)
-    for inputs in ([fmap], [(x, fx, fy)]):
+    for inputs in ([fmap], [(x, fx, fy, img.shape[:2])]):
         with RecordDeviceLessFactories() as rec:
             logits, deltas = net(inputs, boxes, index)
         assert rec.calls == [], rec.calls

@@ -31,7 +31,7 @@ from .sampling import Draw, ImageWindows
 @dataclass
 class Batch:
     """inputs: per map, a FeatureMap (frozen) or (resized (h, w, 3) uint8 RGB array, fx,
-    fy) (end to end); boxes: (K, 4) original pixels (flipped with their image);
+    fy, (H, W) original size) (end to end); boxes: (K, 4) original pixels (flipped with their image);
     map_index: (K,) which input; labels: (K,) 0..C; targets: (K, 4) encoded regression
     targets (foreground rows only meaningful); skipped: (path, reason) of images left out."""
 
@@ -51,10 +51,10 @@ class Batch:
         inputs = []
         for item in self.inputs:
             if isinstance(item, FeatureMap):
-                inputs.append(FeatureMap(item.features.to(device), item.fx, item.fy))
+                inputs.append(FeatureMap(item.features.to(device), item.fx, item.fy, item.size))
             else:
-                resized, fx, fy = item
-                inputs.append((model.to_input(resized), fx, fy))
+                resized, fx, fy, size = item
+                inputs.append((model.to_input(resized), fx, fy, size))
         return inputs, self.boxes, self.map_index
 
 
@@ -140,7 +140,7 @@ class EndToEndBatches(_Batches):
         if draw.vflip:
             image = np.ascontiguousarray(image[::-1])
         resized, fx, fy = resize_image(image, self.scales[int(draw.scales[0])], self.max_size)
-        return [(resized, fx, fy)], torch.zeros(len(draw.windows), dtype=torch.long)
+        return [(resized, fx, fy, image.shape[:2])], torch.zeros(len(draw.windows), dtype=torch.long)
 
 
 class PlanStream(torch.utils.data.Sampler):

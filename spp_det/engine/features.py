@@ -53,37 +53,39 @@ class FeatureReader:
         self.max_size = int(max_size)
         self.loaded = 0
         self.memory_bytes = int(memory_mb * 2 ** 20)
-        self._memory: OrderedDict[str, tuple[torch.Tensor, float, float]] = OrderedDict()
+        self._memory: OrderedDict[str, FeatureMap] = OrderedDict()
         self._held = 0
 
-    def _remember(self, name: str, feats: torch.Tensor, fx: float, fy: float) -> None:
-        self._memory[name] = (feats, fx, fy)
-        self._held += feats.numel() * feats.element_size()
+    def _remember(self, name: str, fm: FeatureMap) -> None:
+        self._memory[name] = fm
+        self._held += fm.features.numel() * fm.features.element_size()
         while self._held > self.memory_bytes and self._memory:
-            old = self._memory.popitem(last=False)[1][0]
+            old = self._memory.popitem(last=False)[1].features
             self._held -= old.numel() * old.element_size()
 
     def path(self, image_path: str | Path, scale: int, flip: bool) -> Path:
         key = image_digest(image_path)
-        return self.dir / key[:2] / f"{key}_s{scale}_m{self.max_size}{'_f' if flip else ''}.pt"
+        # "v2": maps carry their image's size since the released projection needs it
+        return self.dir / key[:2] / f"{key}_s{scale}_m{self.max_size}{'_f' if flip else ''}.v2.pt"
 
     def load(self, image_path: str | Path, scale: int, flip: bool) -> FeatureMap | None:
         path = self.path(image_path, scale, flip)
         if path.name in self._memory:
             self._memory.move_to_end(path.name)
-            feats, fx, fy = self._memory[path.name]
-            return FeatureMap(feats, fx, fy)
+            return self._memory[path.name]
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
+            fm = FeatureMap(data["features"], data["fx"], data["fy"], tuple(data["size"]))
         except FileNotFoundError:
             return None
-        except Exception:  # a damaged file (killed writer, disk error): removed, so the next
-            # conv-map pass (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
+        except Exception:  # a damaged file (killed writer, disk error) or one written before
+            # maps carried their image size: removed, so the next conv-map pass
+            # (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
             path.unlink(missing_ok=True)
             return None
         self.loaded += 1
-        self._remember(path.name, data["features"], data["fx"], data["fy"])
-        return FeatureMap(data["features"], data["fx"], data["fy"])
+        self._remember(path.name, fm)
+        return fm
 
     def get(self, image_path: str | Path, scale: int, flip: bool) -> FeatureMap:
         """Like ``load``, but a missing map is an error naming the image."""
@@ -120,9 +122,10 @@ class FeatureCache(FeatureReader):
         self.computed += 1
         stored = fm.features.to(self.dtype).cpu()
         path = self.path(image_path, scale, flip)
-        save_torch_atomic(path, {"features": stored, "fx": fm.fx, "fy": fm.fy})
-        self._remember(path.name, stored, fm.fx, fm.fy)
-        return FeatureMap(stored, fm.fx, fm.fy)
+        save_torch_atomic(path, {"features": stored, "fx": fm.fx, "fy": fm.fy, "size": list(fm.size)})
+        fm = FeatureMap(stored, fm.fx, fm.fy, fm.size)
+        self._remember(path.name, fm)
+        return fm
 
     def get(self, image_path: str | Path, scale: int, flip: bool,  # type: ignore[override]
             load_image: Callable[[], np.ndarray] | None = None) -> FeatureMap:

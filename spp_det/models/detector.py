@@ -13,7 +13,7 @@ from .backbones import Trunk
 from .heads import SPPHead, compress_head
 from .postprocess import postprocess_detections
 from .resize import resize_image
-from .spp import SpatialPyramidPooling, project_windows, unique_rows
+from .spp import SpatialPyramidPooling, project_windows, released_scaling, unique_rows
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 INFERENCE_CHUNK = 512  # windows pooled and scored together at inference
@@ -35,12 +35,21 @@ def bf16_supported(device: torch.device | str) -> bool:
 class FeatureMap:
     """The trunk's output for one image at one scale.
 
-    features: (C, H', W'); fx, fy: resized pixels per original pixel along x and y.
+    features: (C, H', W'); fx, fy: resized pixels per original pixel along x and y;
+    size: (H, W) of the original image (the released projection scales boxes by it).
     """
 
     features: torch.Tensor
     fx: float
     fy: float
+    size: tuple[int, int]
+
+    def released_factor(self) -> float:
+        """(s - 1)/(min(H, W) - 1), s the resized shorter side: the released code's box
+        scale (see spp.released_scaling)."""
+        h, w = self.size
+        short = round(self.fy * h) if h <= w else round(self.fx * w)
+        return (short - 1) / (min(h, w) - 1) if min(h, w) > 1 else float(short)
 
 
 def distinct_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +64,8 @@ def distinct_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def channels_last(maps: list[FeatureMap]) -> list[FeatureMap]:
     """The maps as float32 in channels-last memory (the pooling kernel's layout), converted
     once per map rather than once per chunk of windows."""
-    return [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy)
+    return [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy,
+                       m.size)
             for m in maps]
 
 
@@ -65,7 +75,9 @@ class SPPNet(nn.Module):
     trunk: conv body with stride/centre geometry; num_classes C (without background).
     scales: test scales (shorter side, pixels); one -> single-scale testing, several ->
     each window pooled at the one scale where it is closest to ``scale_target`` pixels
-    across (the released code's 13 * 16 = 208; the paper says 224).
+    across; None derives it from the trunk as the released code does (sz_conv_standard x
+    step_standard: the conv extent of a 224-pixel input, 13 cells x 16 = 208 for ZF-5 and
+    AlexNet, 14 x 16 = 224 for VGG16, ResNet-50's C4 and Lite0; the paper says 224).
     train_scales: scales a training window is pooled at, one picked at random per window.
     max_size: cap on the longer side after resizing (pixels).
     projection: "released" or "paper" (see spp.project_windows).
@@ -74,7 +86,7 @@ class SPPNet(nn.Module):
     def __init__(self, trunk: Trunk, num_classes: int, levels: tuple[int, ...] = (6, 3, 2, 1),
                  hidden: int = 4096, dropout: float = 0.5, scales: tuple[int, ...] = (688,),
                  train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200), max_size: int = 2000,
-                 projection: str = "released", margin: float = 6.5, scale_target: float = 208.0,
+                 projection: str = "released", margin: float = 6.5, scale_target: float | None = None,
                  box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0), test_flip: bool = False) -> None:
         super().__init__()
         self.trunk = trunk
@@ -86,7 +98,8 @@ class SPPNet(nn.Module):
         self.max_size = int(max_size)
         self.projection = projection
         self.margin = margin
-        self.scale_target = scale_target
+        self.scale_target = float(scale_target if scale_target is not None
+                                  else trunk.output_size(224, 224)[0] * trunk.stride)
         self.box_coder = BoxCoder(tuple(box_weights))
         self.test_flip = test_flip
         self.precision = "float32"  # inference only: see set_precision
@@ -141,7 +154,7 @@ class SPPNet(nn.Module):
         maps = []
         for s in scales:
             x, fx, fy = self.prepare(image, s)
-            maps.append(FeatureMap(self.trunk(x)[0], fx, fy))
+            maps.append(FeatureMap(self.trunk(x)[0], fx, fy, image.shape[:2]))
         return maps
 
     # ---- windows -> pooled vectors --------------------------------------------------------
@@ -165,8 +178,11 @@ class SPPNet(nn.Module):
             # boxes arrive on the GPU while a cached map may still be on the CPU
             sel = (map_index == m).nonzero().squeeze(1).to(boxes.device)
             fm = maps[m]
-            scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64,
-                                                        device=boxes.device)
+            if self.projection == "released":
+                scaled = released_scaling(boxes[sel], fm.released_factor())
+            else:
+                scaled = boxes[sel].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64,
+                                                            device=boxes.device)
             cells[sel, 0] = m
             cells[sel, 1:] = project_windows(scaled, self.trunk.stride, self.trunk.centre0, fm.features.shape[-2:],
                                              self.projection, self.margin)
@@ -207,10 +223,11 @@ class SPPNet(nn.Module):
         """Training entry point (what DistributedDataParallel wraps).
 
         inputs: per map, either a precomputed FeatureMap (frozen trunk, cached) or a
-        prepared image ``(x (1, 3, h, w), fx, fy)`` that the trunk runs on now (end-to-end).
+        prepared image ``(x (1, 3, h, w), fx, fy, (H, W) original size)`` that the trunk runs
+        on now (end-to-end).
         boxes: (K, 4) original pixels; map_index: (K,). Returns (logits, deltas).
         """
-        maps = [m if isinstance(m, FeatureMap) else FeatureMap(self.trunk(m[0])[0], m[1], m[2]) for m in inputs]
+        maps = [m if isinstance(m, FeatureMap) else FeatureMap(self.trunk(m[0])[0], *m[1:]) for m in inputs]
         return self.forward_windows(maps, boxes, map_index)
 
     def forward_windows(self, maps: list[FeatureMap], boxes: torch.Tensor,

@@ -17,31 +17,53 @@ from . import spp_kernel
 PROJECTIONS = ("released", "paper")
 
 
+def released_scaling(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """Boxes scaled as the released code scales them (``spp_features_convX_to_poolX.m``).
+
+    It works on 1-based pixel indices b and maps them as (b - 1)(s - 1)/(min(H, W) - 1) + 1,
+    i.e. first pixel onto first pixel and last onto last, with ``factor`` = (s - 1)/(min(H, W) - 1)
+    for both axes. In continuous coordinates (the first pixel of [x1, x2) is x1 + 1, the
+    last is x2) that is x1 -> x1 * k and x2 -> (x2 - 1) * k + 1.
+    boxes: (N, 4) float xyxy original pixels -> (N, 4) float64 continuous pixels of the resized image.
+    """
+    b = boxes.double()
+    return torch.cat([b[:, :2] * factor, (b[:, 2:] - 1) * factor + 1], dim=1)
+
+
 def project_windows(boxes: torch.Tensor, stride: int, centre0: float, map_size: tuple[int, int],
                     mode: str = "released", margin: float = 6.5) -> torch.Tensor:
     """Feature-map cells covered by each window.
 
-    boxes: (N, 4) float xyxy in pixels of the image the trunk saw (already resized).
-    stride S, centre0 c0: cell j is centred at image position c0 + S * j.
-    map_size: (H', W') of the feature map.
-    mode "released" (the authors' code): the left/top edge goes to the cell whose centre
-    is nearest to x1 + margin, the right/bottom edge to the one nearest to x2 - margin.
-    mode "paper": x1' = floor(x1 / S), x2' = ceil(x2 / S) - 2 (the paper's
-    floor(x/S) + 1 and ceil(x/S) - 1 written for 1-based cells, here 0-based).
-    An empty result (x1' > x2') becomes the single cell at the midpoint; then all indices
-    are clamped into the map. Returns (N, 4) int64 inclusive cells [x1', y1', x2', y2'].
+    boxes: (N, 4) float xyxy continuous pixels of the image the trunk saw (already resized;
+    for "released", by :func:`released_scaling`). stride S, centre0 c0: cell j (0-based) is
+    centred at continuous image position c0 + S * j. map_size: (H', W') of the feature map.
+
+    mode "released": ``spm_pool_caffe_mex.cpp`` line by line. It works on 1-based pixel
+    indices (pixel p spans [p - 1, p), so a box's first pixel is l = x1 + 1, its last
+    r = x2, and cell 1 is centred on pixel offset0 = c0 + 0.5) with margin ``offset``:
+    left = floor((l - offset0 + offset)/S + 0.5) + 1, right = ceil((r - offset0 - offset)/S - 0.5) + 1;
+    if left > right both become (left + right) / 2 in C integer division (truncation);
+    then clamp to [1, W'].
+    mode "paper": x1' = floor(x1 / S), x2' = ceil(x2 / S) - 2 (the paper's floor(x/S) + 1
+    and ceil(x/S) - 1 written for 1-based cells, here 0-based); an empty result becomes
+    the cell at the (floored) midpoint; clamped into the map.
+    Returns (N, 4) int64 inclusive 0-based cells [x1', y1', x2', y2'].
     """
     b = boxes.double()
     if mode == "released":
-        lo = torch.floor((b[:, :2] + margin - centre0) / stride + 0.5)
-        hi = torch.floor((b[:, 2:] - margin - centre0) / stride + 0.5)
+        offset0 = centre0 + 0.5
+        lo = torch.floor((b[:, :2] + 1 - offset0 + margin) / stride + 0.5) + 1
+        hi = torch.ceil((b[:, 2:] - offset0 - margin) / stride - 0.5) + 1
+        mid = torch.div(lo + hi, 2, rounding_mode="trunc")
+        lo, hi = lo - 1, hi - 1  # 1-based -> 0-based (clamping to [1, W'] = to [0, W' - 1])
+        mid = mid - 1
     elif mode == "paper":
         lo = torch.floor(b[:, :2] / stride)
         hi = torch.ceil(b[:, 2:] / stride) - 2
+        mid = torch.floor((lo + hi) / 2)
     else:
         raise ValueError(f"projection mode '{mode}': use one of {PROJECTIONS}")
     empty = lo > hi
-    mid = torch.floor((lo + hi) / 2)
     lo = torch.where(empty, mid, lo)
     hi = torch.where(empty, mid, hi)
     limit = torch.tensor([map_size[1] - 1, map_size[0] - 1], dtype=b.dtype, device=b.device)
