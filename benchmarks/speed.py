@@ -79,7 +79,7 @@ def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int
         logits, deltas = model.forward_windows(maps, boxes, model.select_scales(boxes, h, w, scales))
         t2 = time.perf_counter()
     # unique_rows keeps the distinct windows; the heads see exactly these
-    distinct = len(unique_rows(model.project(maps, boxes, model.select_scales(boxes, h, w, scales))))
+    distinct = len(unique_rows(model.project(maps, boxes, model.select_scales(boxes, h, w, scales)))[0])
     t3 = time.perf_counter()
     postprocess_detections(torch.softmax(logits.float(), 1), model.decode(deltas.float(), boxes, h, w))
     t4 = time.perf_counter()

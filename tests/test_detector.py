@@ -3,6 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from spp_det.errors import SppDetError
 from spp_det.models import SPPNet, build_detector, build_trunk, postprocess_detections, project_windows
 from spp_det.models.resize import resize_factor
 
@@ -263,3 +264,73 @@ def test_truncated_svd_at_full_rank_reproduces_the_heads():
     approx = low[1].weight @ low[0].weight
     s = torch.linalg.svdvals(w)
     assert torch.allclose(torch.linalg.matrix_norm(w - approx), s[10:].norm(), rtol=1e-9)
+
+
+def alexnet_files(tmp_path):
+    """A torchvision AlexNet with random weights saved as the two files a user has: the
+    whole network (torchvision's format) and its conv body (the trunk's weights_path)."""
+    import torchvision
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    torch.save(tv.state_dict(), tmp_path / "alexnet.pth")
+    torch.save(tv.features[:12].state_dict(), tmp_path / "alexnet_body.pth")
+    return tv
+
+
+def alexnet_cfg(tmp_path, levels, **kw):
+    cfg = OmegaConf.load("configs/model/alexnet.yaml")
+    cfg.trunk.pretrained = False
+    cfg.trunk.weights_path = str(tmp_path / "alexnet_body.pth")
+    cfg.fc_weights_path = str(tmp_path / "alexnet.pth")
+    cfg.levels = levels
+    cfg.dropout = 0.0
+    cfg.scales = [224]
+    for key, value in kw.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_fc6_fc7_start_from_the_imagenet_classifier(tmp_path):
+    tv = alexnet_files(tmp_path)
+    fc6, fc7 = tv.classifier[1], tv.classifier[4]
+    # {6, 3, 2, 1}: the 6x6 level is the first 256 * 36 = 9216 columns, (C, 6, 6) row-major
+    # like torchvision's flatten of pool5; the 256 * 14 columns of levels 3, 2, 1 start at zero
+    net = build_detector(alexnet_cfg(tmp_path, [6, 3, 2, 1]), 3)
+    assert net.head.fc6.weight.shape == (4096, 256 * 50)
+    assert torch.equal(net.head.fc6.weight[:, :9216], fc6.weight)
+    assert not net.head.fc6.weight[:, 9216:].any()
+    assert torch.equal(net.head.fc6.bias, fc6.bias) and torch.equal(net.head.fc7.weight, fc7.weight)
+    assert torch.equal(net.head.fc7.bias, fc7.bias)
+    # another order: the 6 level's columns follow the 1 and 2 levels' 256 * 5
+    net = build_detector(alexnet_cfg(tmp_path, [1, 2, 6]), 3)
+    assert torch.equal(net.head.fc6.weight[:, 1280:1280 + 9216], fc6.weight)
+    # {6} alone, on a 224 x 224 image: the whole-image window's 13 cells fall into the 6
+    # bins [0,3), [2,5), ..., [10,13), which are pool5's 3x3/2 windows, so fc7 equals
+    # torchvision's own network on that image (its avgpool is the identity on 6 x 6)
+    net = build_detector(alexnet_cfg(tmp_path, [6]), 3).eval()
+    img = image(224, 224, seed=3)
+    with torch.no_grad():
+        x = net.trunk.normalize(torch.as_tensor(img).permute(2, 0, 1)[None])
+        expected = tv.classifier[:6](torch.flatten(tv.avgpool(tv.features(x)), 1))
+        maps = net.compute_features(img, (224,))
+        pooled = net.pool(maps, torch.tensor([[0.0, 0.0, 224.0, 224.0]]), torch.zeros(1, dtype=torch.long))
+        ours = net.head.features(pooled)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4)
+    # a checkpoint brings its own weights: nothing is read
+    cfg = alexnet_cfg(tmp_path, [6, 3, 2, 1], fc_weights_path=str(tmp_path / "gone.pth"))
+    assert build_detector(cfg, 3, pretrained=False).head.fc6.weight[:, 9216:].any()
+
+
+def test_fc_init_errors_name_the_problem(tmp_path):
+    alexnet_files(tmp_path)
+    with pytest.raises(SppDetError, match=r"needs a 6 level \(e.g. \[6\] or \[6, 3, 2, 1\]\)"):
+        build_detector(alexnet_cfg(tmp_path, [3, 2, 1]), 3)
+    with pytest.raises(SppDetError, match=r"hidden must be 4096"):
+        build_detector(alexnet_cfg(tmp_path, [6], hidden=512), 3)
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(SppDetError, match=r"other.pth: not a torchvision alexnet state dict \(no classifier.1.weight"):
+        build_detector(alexnet_cfg(tmp_path, [6], fc_weights_path=str(tmp_path / "other.pth")), 3)
+    cfg = OmegaConf.load("configs/model/zf5_small.yaml")
+    cfg.fc_init = "imagenet"
+    with pytest.raises(SppDetError, match=r"trunk 'zf5' has no ImageNet fc6/fc7"):
+        build_detector(cfg, 3)

@@ -66,6 +66,43 @@ def test_sampler_fraction():
         assert len(set(sel.tolist())) == 16  # without replacement
 
 
+def test_pooled_batches_hold_exactly_the_foreground_fraction():
+    import random
+    # 40 images, each with 2-5 foreground and 30 background windows: no single image has
+    # its share (8 of 32 fg per image at 4 images / 128), the pool across images does
+    # (16 images, the most one batch reads, hold at least 32)
+    rng = random.Random(0)
+    entries = []
+    for i in range(40):
+        n_fg = rng.randrange(2, 6)
+        windows = torch.tensor([[0.0, 0, 10, 10]] * n_fg + [[0.0, 0, 10, 4]] * 30)
+        entries.append(label_windows(i, 100, windows, torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1])))
+    s = WindowSampler(entries, batch_windows=128, images_per_batch=4, fg_fraction=0.25, pooled=True)
+    for draw_number in range(20):
+        batch = s.sample(random.Random(draw_number))
+        labels = torch.cat([entries[d.image].labels[d.windows] for d in batch])
+        assert len(labels) == 128 and int((labels > 0).sum()) == 32 and int((labels == 0).sum()) == 96
+        assert len({d.image for d in batch}) == len(batch)  # each image once
+        assert all(len(set(d.windows.tolist())) == len(d.windows) for d in batch)
+    # not enough foreground in 4 x 4 images: all there is, the rest background
+    few = [label_windows(i, 100, torch.tensor([[0.0, 0, 10, 10]] + [[0.0, 0, 10, 4]] * 30),
+                         torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1])) for i in range(20)]
+    batch = WindowSampler(few, 128, 4, 0.25, pooled=True).sample(random.Random(0))
+    labels = torch.cat([few[d.image].labels[d.windows] for d in batch])
+    assert len(batch) == 16 and int((labels > 0).sum()) == 16 and len(labels) == 128
+
+
+def test_windows_on_crowd_boxes_are_ignored_not_background():
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    crowd = torch.tensor([[50.0, 50, 150, 150]])
+    windows = torch.tensor([[0.0, 0, 10, 5],        # IoU .5 with the person: fg
+                            [50, 50, 150, 100],     # IoU .5 with the crowd: ignored
+                            [50, 50, 150, 99],      # IoU .49 with the crowd: background
+                            [0, 0, 10, 4]])         # IoU .4 with the person: background
+    e = label_windows(0, 200, windows, gt, torch.tensor([1]), bg_iou=(0.0, 0.5), ignore=crowd)
+    assert e.labels.tolist() == [1, -1, 0, 0]
+
+
 def test_detection_loss_hand_values():
     logits = torch.zeros(4, 3)
     deltas = torch.zeros(4, 8)

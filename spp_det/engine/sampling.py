@@ -8,6 +8,8 @@ uninterrupted one draws, on every rank, without saving any sampler state but the
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -44,9 +46,13 @@ class ImageWindows:
 
 def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor,
                   fg_iou: float = 0.5, bg_iou: tuple[float, float] = (0.1, 0.5),
-                  height: int | None = None) -> ImageWindows:
+                  height: int | None = None, ignore: torch.Tensor | None = None,
+                  ignore_iou: float = 0.5) -> ImageWindows:
     """Match windows (N, 4) to ground truth (G, 4): foreground at IoU >= fg_iou (class of
-    the best-overlapping box), background at IoU in [bg_iou[0], bg_iou[1])."""
+    the best-overlapping box), background at IoU in [bg_iou[0], bg_iou[1]). A window that
+    is not foreground but overlaps an ``ignore`` box (M, 4: COCO crowd regions, VOC
+    difficult objects) at IoU >= ignore_iou is neither: a crowd of people is not
+    background, but it is no one person either."""
     labels = torch.full((len(windows),), -1, dtype=torch.long)
     gt_index = torch.zeros(len(windows), dtype=torch.long)
     if len(gt):
@@ -56,6 +62,8 @@ def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tenso
         labels[fg] = gt_labels[gt_index[fg]]
     elif bg_iou[0] <= 0:
         labels[:] = 0
+    if ignore is not None and len(ignore) and len(windows):
+        labels[(labels == 0) & (box_iou(windows, ignore).max(dim=1).values >= ignore_iou)] = -1
     return ImageWindows(index, width, windows, labels, gt_index, gt, height)
 
 
@@ -80,20 +88,31 @@ def draw_rng(seed: int, rank: int, draw: int) -> random.Random:
 
 
 class WindowSampler:
-    """Draws mini-batches: ``images_per_batch`` images (only images that have windows of
-    either kind), ``batch_windows / images_per_batch`` windows each, up to ``fg_fraction``
-    of them foreground, sampled without replacement within an image; a random flip per
+    """Draws mini-batches of ``batch_windows`` windows, ``fg_fraction`` of them foreground.
+
+    ``pooled`` (the released code's frozen-trunk fine-tuning): distinct images are drawn
+    until their windows hold enough of both kinds (at least ``images_per_batch`` images,
+    at most ``MAX_IMAGES_FACTOR`` times that), and exactly round(fg_fraction x
+    batch_windows) foreground windows (32 of 128) are drawn from all of theirs together,
+    the rest background; fewer only when that many do not exist in those images.
+    Otherwise (end to end, Fast R-CNN style: every image is a trunk pass)
+    ``images_per_batch`` images with ``batch_windows / images_per_batch`` windows each, up
+    to that fraction foreground. Windows are drawn without replacement; a random flip per
     image (``flip``; ``vflip`` for a vertical one too) and a random scale out of
     ``num_scales`` per window (``scale_per_window``, the released code's frozen-trunk
     training) or per image."""
 
+    MAX_IMAGES_FACTOR = 4  # bounds the maps one pooled batch reads
+
     def __init__(self, entries: list[ImageWindows], batch_windows: int, images_per_batch: int,
                  fg_fraction: float, flip: bool = False, num_scales: int = 1,
-                 scale_per_window: bool = True, vflip: bool = False) -> None:
+                 scale_per_window: bool = True, vflip: bool = False, pooled: bool = False) -> None:
         self.entries = [e for e in entries if len(e.fg) or len(e.bg)]
         if not self.entries:
             raise SppDetError("no training image has a foreground or background window")
         self.per_image = max(1, batch_windows // images_per_batch)
+        self.batch_windows = batch_windows
+        self.pooled = pooled
         self.images_per_batch = images_per_batch
         self.fg_fraction = fg_fraction
         self.flip = flip
@@ -106,22 +125,54 @@ class WindowSampler:
         items = pool.tolist()
         return rng.sample(items, min(n, len(items)))
 
+    def _pooled_picks(self, rng: random.Random) -> list[tuple[ImageWindows, list[int]]]:
+        """(image, its chosen windows) of one pooled batch, images with none left out."""
+        n_fg = round(self.fg_fraction * self.batch_windows)
+        n_bg = self.batch_windows - n_fg
+        order = rng.sample(range(len(self.entries)), min(len(self.entries),
+                                                         self.MAX_IMAGES_FACTOR * self.images_per_batch))
+        images, fg, bg = [], [], []  # fg/bg: per image its windows of that kind
+        for i in order:
+            e = self.entries[i]
+            images.append(e)
+            fg.append(e.fg.tolist())
+            bg.append(e.bg.tolist())
+            if len(images) >= self.images_per_batch and sum(map(len, fg)) >= n_fg and sum(map(len, bg)) >= n_bg:
+                break
+        picks: list[list[int]] = [[] for _ in images]
+        taken = 0
+        for pools, want in ((fg, n_fg), (bg, None)):
+            # positions in the concatenation of all images' windows of this kind, so every
+            # window of the pool is equally likely whichever image holds it
+            ends = list(itertools.accumulate(len(p) for p in pools))
+            want = self.batch_windows - taken if want is None else want
+            for flat in sorted(rng.sample(range(ends[-1]), min(want, ends[-1]))):
+                k = bisect.bisect_right(ends, flat)
+                picks[k].append(pools[k][flat - (ends[k - 1] if k else 0)])
+                taken += 1
+        return [(e, p) for e, p in zip(images, picks) if p]
+
     def sample(self, rng: random.Random) -> list[Draw]:
+        if self.pooled:
+            return [self._draw(rng, e, chosen) for e, chosen in self._pooled_picks(rng)]
         out = []
         for _ in range(self.images_per_batch):
             e = self.entries[rng.randrange(len(self.entries))]
             fg = self._pick(rng, e.fg, round(self.fg_fraction * self.per_image))
-            bg = self._pick(rng, e.bg, self.per_image - len(fg))
-            sel = torch.tensor(fg + bg, dtype=torch.long)
-            flip = self.flip and rng.random() < 0.5
-            if self.scale_per_window:
-                scales = torch.tensor([rng.randrange(self.num_scales) for _ in range(len(sel))], dtype=torch.long)
-            else:
-                scales = torch.full((len(sel),), rng.randrange(self.num_scales), dtype=torch.long)
-            # drawn last and only when asked for, so the streams without it stay as they were
-            vflip = self.vflip and rng.random() < 0.5
-            out.append(Draw(e.index, sel, flip, scales, vflip))
+            out.append(self._draw(rng, e, fg + self._pick(rng, e.bg, self.per_image - len(fg))))
         return out
+
+    def _draw(self, rng: random.Random, e: ImageWindows, chosen: list[int]) -> Draw:
+        """The image's flips and scales for its chosen windows."""
+        sel = torch.tensor(chosen, dtype=torch.long)
+        flip = self.flip and rng.random() < 0.5
+        if self.scale_per_window:
+            scales = torch.tensor([rng.randrange(self.num_scales) for _ in range(len(sel))], dtype=torch.long)
+        else:
+            scales = torch.full((len(sel),), rng.randrange(self.num_scales), dtype=torch.long)
+        # drawn last and only when asked for, so the streams without it stay as they were
+        vflip = self.vflip and rng.random() < 0.5
+        return Draw(e.index, sel, flip, scales, vflip)
 
 
 def split_train_val(dataset: DetectionDataset, val_fraction: float, seed: int) -> tuple[DetectionDataset, DetectionDataset | None]:

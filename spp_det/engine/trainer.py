@@ -95,7 +95,7 @@ class Trainer:
         tc = self.cfg.train
         return WindowSampler(entries, tc.batch_windows, tc.images_per_batch, tc.fg_fraction, flip=bool(tc.flip),
                              num_scales=len(self.model.train_scales), scale_per_window=not self.finetune,
-                             vflip=bool(tc.get("vflip")))
+                             vflip=bool(tc.get("vflip")), pooled=bool(tc.pooled_batches))
 
     def batches(self, dataset: DetectionDataset, entries: list[ImageWindows]) -> FrozenBatches | EndToEndBatches:
         return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,

@@ -59,8 +59,11 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
         windows = torch.from_numpy(boxes)
         if tc.include_gt:
             windows = torch.cat([gt, windows])
+        # left-out ignore boxes (crowds, difficult objects) make the windows on them
+        # neither foreground nor background
+        ignore = None if tc.use_difficult else t.boxes[t.ignore]
         entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou),
-                                     height=t.height))
+                                     height=t.height, ignore=ignore, ignore_iou=tc.ignore_iou))
     if not entries:
         raise SppDetError(f"dataset '{dataset.name}': no usable training image")
     return entries

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backbones import TRUNKS, Trunk, build_trunk, receptive_geometry
+from ..errors import SppDetError
+
+from .backbones import TRUNKS, Trunk, build_trunk, imagenet_fc, receptive_geometry
 from .detector import FeatureMap, SPPNet
 from .postprocess import postprocess_detections
 from .heads import SPPHead
@@ -22,7 +24,9 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
     ``pretrained`` overrides cfg.trunk.pretrained (a checkpoint brings its own weights).
     ``train_trunk`` (the trainer passes ``train.finetune_conv``, the one switch for it)
     leaves the conv weights trainable, with batch-norm statistics fixed or not as
-    ``cfg.trunk.freeze_bn`` says; otherwise the trunk is frozen, statistics included."""
+    ``cfg.trunk.freeze_bn`` says; otherwise the trunk is frozen, statistics included.
+    ``cfg.fc_init`` "imagenet" starts fc6/fc7 from the trunk's ImageNet classifier
+    (``cfg.fc_weights_path`` or a download; skipped when ``pretrained`` is False)."""
     t = cfg.trunk
     trunk = build_trunk(t.name, pretrained=t.pretrained if pretrained is None else pretrained,
                         weights_path=t.get("weights_path"), width=t.get("width", 1.0), norm=t.get("norm", "lrn"),
@@ -31,7 +35,21 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
         trunk.set_bn_frozen(bool(t.get("freeze_bn", True)))
     else:
         trunk.freeze(freeze_bn=True)
-    return SPPNet(trunk, num_classes, levels=tuple(cfg.levels), hidden=cfg.hidden, dropout=cfg.dropout,
-                  scales=tuple(cfg.scales), train_scales=tuple(cfg.train_scales), max_size=cfg.max_size,
-                  projection=cfg.projection, margin=cfg.margin, scale_target=cfg.scale_target,
-                  box_weights=tuple(cfg.box_weights))
+    net = SPPNet(trunk, num_classes, levels=tuple(cfg.levels), hidden=cfg.hidden, dropout=cfg.dropout,
+                 scales=tuple(cfg.scales), train_scales=tuple(cfg.train_scales), max_size=cfg.max_size,
+                 projection=cfg.projection, margin=cfg.margin, scale_target=cfg.scale_target,
+                 box_weights=tuple(cfg.box_weights))
+    if cfg.get("fc_init", "random") == "imagenet" and pretrained is not False:
+        grid, fc = imagenet_fc(t.name, cfg.get("fc_weights_path"))
+        if grid not in net.spp.levels:
+            raise SppDetError(f"model.fc_init=imagenet: the {t.name} fc6 was trained on a {grid}x{grid} pool5, "
+                              f"so model.levels needs a {grid} level (e.g. [{grid}] or [{grid}, 3, 2, 1])")
+        i = net.spp.levels.index(grid)
+        start = trunk.out_channels * sum(n * n for n in net.spp.levels[:i])
+        try:
+            net.head.load_fc(fc, start)
+        except ValueError as exc:
+            raise SppDetError(f"model.fc_init=imagenet: {exc}") from exc
+    elif cfg.get("fc_init", "random") not in ("random", "imagenet"):
+        raise SppDetError(f"model.fc_init '{cfg.fc_init}': use random or imagenet")
+    return net

@@ -259,3 +259,34 @@ def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = 
     if trunk.stride != 16:
         raise SppDetError(f"trunk '{name}' has stride {trunk.stride}, expected 16")
     return trunk
+
+
+# ImageNet fc6/fc7 that SPP-net can start from: the grid of the pool5 they were trained on
+# (fc6's input is that grid's (C, n, n) row-major flattening, the layout of the pyramid
+# level n) and their keys in torchvision's state dict
+IMAGENET_FC = {"alexnet": (6, "classifier.1", "classifier.4"),  # 256 x 6 x 6 -> 4096 -> 4096
+               "vgg16": (7, "classifier.0", "classifier.3")}    # 512 x 7 x 7 -> 4096 -> 4096
+
+
+def imagenet_fc(name: str, weights_path: str | Path | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """(grid n, {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}) of the ImageNet
+    classifier of trunk ``name``, from ``weights_path`` (a torchvision-format state dict
+    of the whole network) or else torchvision's weights API (a download)."""
+    if name not in IMAGENET_FC:
+        raise SppDetError(f"trunk '{name}' has no ImageNet fc6/fc7 to start from (only {', '.join(IMAGENET_FC)}): "
+                          f"use model.fc_init=random")
+    grid, fc6, fc7 = IMAGENET_FC[name]
+    if weights_path:
+        state = load_torch_file(weights_path, "ImageNet weights")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        where = str(weights_path)
+    else:
+        import torchvision
+        weights = {"alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+                   "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1}[name]
+        state, where = weights.get_state_dict(progress=True), weights.url
+    wanted = {f"fc6.{p}": f"{fc6}.{p}" for p in ("weight", "bias")} | {f"fc7.{p}": f"{fc7}.{p}" for p in ("weight", "bias")}
+    missing = [key for key in wanted.values() if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise SppDetError(f"{where}: not a torchvision {name} state dict (no {', '.join(missing)})")
+    return grid, {ours: state[theirs] for ours, theirs in wanted.items()}

@@ -26,6 +26,25 @@ class SPPHead(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
+    @torch.no_grad()
+    def load_fc(self, fc: dict[str, torch.Tensor], start: int) -> None:
+        """fc6 and fc7 from a network trained on one pool5 grid (ImageNet AlexNet/VGG16,
+        see backbones.imagenet_fc): fc6's input columns [start, start + in) (where the
+        pyramid holds that grid's level, in the same (C, n, n) order) take its weights; the
+        other levels' columns start at zero, so fc6 first computes exactly the ImageNet fc6
+        of that level and training grows the rest (their gradients are not zero: their
+        inputs are not). fc7 and both biases are copied whole."""
+        w6 = fc["fc6.weight"]
+        if self.fc6.out_features != w6.shape[0] or self.fc7.weight.shape != fc["fc7.weight"].shape \
+                or start + w6.shape[1] > self.fc6.in_features:
+            raise ValueError(f"ImageNet fc6 {tuple(w6.shape)} / fc7 {tuple(fc['fc7.weight'].shape)} do not fit fc6 "
+                             f"{tuple(self.fc6.weight.shape)} at column {start} (hidden must be {w6.shape[0]})")
+        self.fc6.weight.zero_()
+        self.fc6.weight[:, start:start + w6.shape[1]] = w6
+        self.fc6.bias.copy_(fc["fc6.bias"])
+        self.fc7.weight.copy_(fc["fc7.weight"])
+        self.fc7.bias.copy_(fc["fc7.bias"])
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (K, hidden): what the paper's SVMs are trained on."""
         x = self.drop(torch.relu(self.fc6(x)))
