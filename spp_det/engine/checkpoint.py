@@ -43,8 +43,24 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         if key in ckpt and ckpt[key] != value:
             raise SppDetError(f"{path or 'checkpoint'}: trained with {key} {ckpt[key]}, but its model config now "
                               f"builds {value}: this checkpoint does not fit this version of the code")
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"])
     return model.to(device).eval()
+
+
+def load_weights(model: SPPNet, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's state dict, SVMs and ridge regressors included (they exist only
+    in models that were given them: the layers are made first), and make them the
+    inference choice, as training did."""
+    head = model.head
+    if "head.svm.weight" in state:
+        head.set_svm(state["head.svm.weight"], state["head.svm.bias"], float(state["head.svm_scale"]))
+    if "head.ridge.weight" in state:
+        head.set_ridge(state["head.ridge.weight"], state["head.ridge.bias"], float(state["head.ridge_scale"]))
+    # checkpoints from before the paper's stages existed lack their scales
+    own = model.state_dict()
+    state = {**{k: own[k] for k in ("head.svm_scale", "head.ridge_scale")}, **state}
+    model.load_state_dict(state)
+    head.use("svm" if head.svm is not None else "softmax", "ridge" if head.ridge is not None else "learned")
 
 
 def resume_path(resume, ckpt_dir: Path) -> Path | None:

@@ -20,6 +20,7 @@ from ..proposals import build_proposals
 from ..visualize import draw_detections
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .detections import image_results
+from .inference import configure_inference
 from .loader import Files, inference_workers, loader_kwargs
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
-    model.set_precision(cfg.get("precision", "float32"))
-    if cfg.get("svd_rank"):
-        model.compress(tuple(cfg.svd_rank))
+    configure_inference(model, cfg)
     files = [f for f, _ in entries]
     # a pipeline: loader processes read each image and fetch its stored windows (or run
     # selective search on a miss, one image per process) while the model runs here

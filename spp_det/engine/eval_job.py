@@ -23,7 +23,7 @@ from .cli import run_dir
 from .detections import from_results, load_results, to_results
 from .distributed import init_distributed
 from .evaluate import score_and_report
-from .inference import detect_dataset, report_failures
+from .inference import configure_inference, detect_dataset, report_failures
 from .loader import inference_workers
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     if cfg.test.get("flip") is not None:
         model.test_flip = bool(cfg.test.flip)
-    model.set_precision(cfg.test.get("precision", "float32"))
-    if cfg.test.get("svd_rank"):
-        model.compress(tuple(cfg.test.svd_rank))
+    configure_inference(model, cfg.test)
     node = dataset_config(cfg, ckpt)
     dataset = build_dataset(node, cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)

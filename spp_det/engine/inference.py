@@ -10,12 +10,28 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DetectionDataset
+from ..errors import SppDetError
 from ..models import RCNN, SPPNet
 from ..proposals import ProposalStore, SelectiveSearchConfig
 from .distributed import gather_lists
 from .loader import Images, loader_kwargs
 
 log = logging.getLogger(__name__)
+
+
+def configure_inference(model: SPPNet, node) -> None:
+    """Inference options of a config node (eval's ``test``, detect's top level):
+    ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's)."""
+    model.set_precision(node.get("precision", "float32"))
+    if node.get("svd_rank"):
+        model.compress(tuple(node.svd_rank))
+    classifier, box_head = node.get("classifier", "auto"), node.get("bbox_reg", "auto")
+    if classifier != "auto" or box_head != "auto":
+        try:
+            model.head.use(model.head.classifier if classifier == "auto" else classifier,
+                           model.head.box_head if box_head == "auto" else box_head)
+        except ValueError as exc:
+            raise SppDetError(f"classifier={classifier} bbox_reg={box_head}: {exc}") from exc
 
 
 def empty_detections() -> dict[str, torch.Tensor]:

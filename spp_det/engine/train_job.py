@@ -11,11 +11,12 @@ from ..data import build_dataset
 from ..files import write_json_atomic
 from ..proposals import compute_missing
 from ..visualize import plot_training
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .detections import to_results
 from .distributed import on_rank0
 from .evaluate import score_and_report
 from .inference import detect_dataset, report_failures
+from .paper_stages import fit_paper_stages
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,16 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
         log.info("training took %.1f s", train_s)
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
         plot_training(trainer.history, out_dir / "training.png")
+    best_path = out_dir / "checkpoints" / "best.pt"
+    if cfg.train.classifier == "svm" or cfg.train.bbox_reg == "ridge":
+        on_rank0(lambda: add_paper_stages(trainer, best_path), trainer.rank, trainer.world, None)
     if test_set is None:
         return None
     # the README tells users to use best.pt: report those weights, named as such
-    best = load_checkpoint(out_dir / "checkpoints" / "best.pt")
+    best = load_checkpoint(best_path)
     model = trainer.model
-    model.load_state_dict(best["model"])
-    weights = f"best.pt, iteration {best['iteration']}"
+    load_weights(model, best["model"])
+    weights = f"best.pt, iteration {best['iteration']}" + (f", {best['stages']['name']}" if "stages" in best else "")
     store, ss = trainer.store, trainer.ss
     on_rank0(lambda: compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers")),
              trainer.rank, trainer.world, None)
@@ -59,3 +63,20 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
           f"(total {metrics['total_seconds']:.0f} s)")
     report_failures(failures)
     return metrics
+
+
+def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
+    """Fit the SVMs / ridge regressors on best.pt's fine-tuned weights and write them into
+    best.pt (the weights the user is told to use)."""
+    cfg = trainer.cfg
+    t0 = time.perf_counter()
+    best = load_checkpoint(best_path)
+    load_weights(trainer.model, best["model"])
+    stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed)
+    name = " + ".join(n for n, on in (("SVMs", cfg.train.classifier == "svm"),
+                                      ("ridge box regression", cfg.train.bbox_reg == "ridge")) if on)
+    best["model"] = trainer.model.state_dict()
+    best["stages"] = {"name": name, "seconds": time.perf_counter() - t0, **stats}
+    save_checkpoint(best_path, best)
+    log.info("%s fitted in %.0f s: %s", name, time.perf_counter() - t0, stats)
+    print(f"{name} fitted on the training images in {time.perf_counter() - t0:.0f} s -> {best_path}")

@@ -6,7 +6,8 @@ from typing import Any
 from ..errors import SppDetError
 
 from .backbones import TRUNKS, Trunk, build_trunk, imagenet_fc, receptive_geometry
-from .detector import FeatureMap, SPPNet
+from .detector import SPPNet
+from .maps import FeatureMap
 from .postprocess import postprocess_detections
 from .heads import SPPHead
 from .rcnn import RCNN

@@ -1,8 +1,6 @@
 """SPPNet: one conv feature map per image and scale, every window pooled from it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,8 +10,9 @@ from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
 from .heads import SPPHead, compress_head
 from .postprocess import postprocess_detections
+from .maps import FeatureMap, channels_last, distinct_cells
 from .resize import resize_image
-from .spp import SpatialPyramidPooling, project_windows, released_scaling, unique_rows
+from .spp import SpatialPyramidPooling, project_windows, released_scaling
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 INFERENCE_CHUNK = 512  # windows pooled and scored together at inference
@@ -29,44 +28,6 @@ def bf16_supported(device: torch.device | str) -> bool:
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
-
-
-@dataclass
-class FeatureMap:
-    """The trunk's output for one image at one scale.
-
-    features: (C, H', W'); fx, fy: resized pixels per original pixel along x and y;
-    size: (H, W) of the original image (the released projection scales boxes by it).
-    """
-
-    features: torch.Tensor
-    fx: float
-    fy: float
-    size: tuple[int, int]
-
-    def released_factor(self) -> float:
-        """(s - 1)/(min(H, W) - 1), s the resized shorter side: the released code's box
-        scale (see spp.released_scaling)."""
-        h, w = self.size
-        short = round(self.fy * h) if h <= w else round(self.fx * w)
-        return (short - 1) / (min(h, w) - 1) if min(h, w) > 1 else float(short)
-
-
-def distinct_cells(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, 5) distinct rows of (K, 5) :meth:`SPPNet.project` cells, grouped by map (so
-    that each map's windows of a chunk are one block of rows), and (K,) each window's row."""
-    unique, inverse = unique_rows(cells)
-    order = torch.argsort(unique[:, 0], stable=True)
-    back = torch.argsort(order)
-    return unique[order], (back if inverse is None else back[inverse])
-
-
-def channels_last(maps: list[FeatureMap]) -> list[FeatureMap]:
-    """The maps as float32 in channels-last memory (the pooling kernel's layout), converted
-    once per map rather than once per chunk of windows."""
-    return [FeatureMap(m.features.float()[None].contiguous(memory_format=torch.channels_last)[0], m.fx, m.fy,
-                       m.size)
-            for m in maps]
 
 
 class SPPNet(nn.Module):
@@ -296,7 +257,15 @@ class SPPNet(nn.Module):
             if maps is None:
                 maps = self.compute_features(image, scales)
             logits, deltas = self.forward_windows(maps, boxes, self.select_scales(boxes, h, w, scales))
-        return torch.softmax(logits.float(), dim=1).cpu(), self.decode(deltas.float().cpu(), boxes, h, w)
+        return self.class_probs(logits.float()).cpu(), self.decode(deltas.float().cpu(), boxes, h, w)
+
+    def class_probs(self, scores: torch.Tensor) -> torch.Tensor:
+        """(K, C + 1) scores in [0, 1] from the head's output: the softmax, or for SVMs
+        each class's margin through a logistic (a monotone map shared by every class, so
+        rankings, hence NMS and AP, are the margins'; the background column is 0)."""
+        if self.head.classifier == "svm":
+            return torch.cat([scores.new_zeros((len(scores), 1)), torch.sigmoid(scores)], dim=1)
+        return torch.softmax(scores, dim=1)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,

@@ -5,12 +5,23 @@ import torch
 from torch import nn
 
 
+CLASSIFIERS = ("softmax", "svm")
+BOX_HEADS = ("learned", "ridge", "none")
+
+
 class SPPHead(nn.Module):
     """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout, then a (C+1)-way classifier and
     class-specific box regression (4 deltas per foreground class).
 
-    forward(x: (K, in_features)) -> (logits (K, C + 1), deltas (K, 4 * C)).
+    forward(x: (K, in_features)) -> (scores, deltas (K, 4 * C)): scores are softmax logits
+    (K, C + 1), or with ``classifier`` "svm" the per-class SVM margins (K, C).
     Initialised as Fast R-CNN: classifier N(0, 0.01), regressor N(0, 0.001), zero bias.
+
+    The paper's post-fine-tuning stages, fitted by engine.svm / engine.ridge and used at
+    inference when chosen (``classifier``, ``box_head``): ``svm`` (hidden -> C) on fc7
+    features times ``svm_scale``, ``ridge`` (in_features -> 4C) on the pooled (pool5)
+    features times ``ridge_scale`` (both scales bring the mean feature norm to 20, as the
+    released code). ``box_head`` "none" keeps every window's own box.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 4096, dropout: float = 0.5) -> None:
@@ -25,6 +36,33 @@ class SPPHead(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
+        self.svm: nn.Linear | None = None
+        self.ridge: nn.Linear | None = None
+        self.register_buffer("svm_scale", torch.ones(()))
+        self.register_buffer("ridge_scale", torch.ones(()))
+        self.classifier = "softmax"
+        self.box_head = "learned"
+
+    def set_svm(self, weight: torch.Tensor, bias: torch.Tensor, scale: float) -> None:
+        """Per-class SVMs: weight (C, hidden), bias (C,); fc7 features are multiplied by scale."""
+        self.svm = _linear(weight, bias).to(self.fc7.weight.device)
+        self.svm_scale.fill_(float(scale))
+
+    def set_ridge(self, weight: torch.Tensor, bias: torch.Tensor, scale: float) -> None:
+        """Ridge box regressors: weight (4C, in_features), bias (4C,) in the box coder's
+        delta units; pooled features are multiplied by scale."""
+        self.ridge = _linear(weight, bias).to(self.fc7.weight.device)
+        self.ridge_scale.fill_(float(scale))
+
+    def use(self, classifier: str, box_head: str) -> None:
+        """Choose the inference outputs (training always uses the learned heads)."""
+        if classifier not in CLASSIFIERS or box_head not in BOX_HEADS:
+            raise ValueError(f"classifier '{classifier}' / box regression '{box_head}': use one of "
+                             f"{CLASSIFIERS} / {BOX_HEADS}")
+        if (classifier == "svm" and self.svm is None) or (box_head == "ridge" and self.ridge is None):
+            raise ValueError(f"this model has no {'SVMs' if classifier == 'svm' and self.svm is None else 'ridge regressors'}"
+                             f" (train with train.classifier=svm / train.bbox_reg=ridge)")
+        self.classifier, self.box_head = classifier, box_head
 
     @torch.no_grad()
     def load_fc(self, fc: dict[str, torch.Tensor], start: int) -> None:
@@ -52,7 +90,24 @@ class SPPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
-        return self.cls_score(h), self.bbox_pred(h)
+        if self.training:
+            return self.cls_score(h), self.bbox_pred(h)
+        scores = self.svm(h * self.svm_scale) if self.classifier == "svm" else self.cls_score(h)
+        if self.box_head == "ridge":
+            deltas = self.ridge(x * self.ridge_scale)
+        elif self.box_head == "none":
+            deltas = h.new_zeros((len(h), self.bbox_pred.out_features))
+        else:
+            deltas = self.bbox_pred(h)
+        return scores, deltas
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.requires_grad_(False)
 
 
 def truncated_linear(layer: nn.Linear, rank: int) -> nn.Sequential:

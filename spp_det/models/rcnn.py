@@ -63,9 +63,9 @@ class RCNN(nn.Module):
             logits.append(lg.float().cpu())
             deltas.append(dl.float().cpu())
         c = self.detector.num_classes
-        logits_t = torch.cat(logits) if logits else torch.zeros((0, c + 1))
+        logits_t = torch.cat(logits) if logits else torch.zeros((0, c + (self.detector.head.classifier != "svm")))
         deltas_t = torch.cat(deltas) if deltas else torch.zeros((0, 4 * c))
-        return torch.softmax(logits_t, 1), self.detector.decode(deltas_t, boxes, h, w)
+        return self.detector.class_probs(logits_t), self.detector.decode(deltas_t, boxes, h, w)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, boxes: torch.Tensor, score_thresh: float = 0.001,

@@ -1,0 +1,129 @@
+"""The paper's comparisons on one data set, as one Markdown table (mAP and time per image).
+
+    python scripts/experiments.py --preset shapes     # the synthetic set (~25 min on 2 cores)
+    python scripts/experiments.py --preset coco128    # ../shared/data/coco128, person, Lite0
+
+Trains the models the comparisons need with scripts/train.py's own job (Hydra's compose
+API builds each configuration from ``configs/``): the preset's recipe with SVMs and ridge
+box regression fitted after fine-tuning; the same with a {6x6} pyramid; and the same
+with fc6/fc7 left as initialised (0 fine-tuning iterations, SVMs on their fc7). Every
+row is then one run of eval.py's job on the test split. Writes ``table.md`` and
+``results.json`` into ``--out``; runs already trained there are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from spp_det.engine.eval_job import evaluate_checkpoint
+from spp_det.engine.train_job import train_job
+from spp_det.files import write_atomic
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+PRESETS = {
+    # the embedded default (frozen Lite0 on shapes); shapes images are 300-500 px
+    "shapes": {"train": [], "one": [400], "five": [240, 320, 400, 480, 576]},
+    # the README's coco128 person recipe
+    "coco128": {"train": ["dataset=coco128", "model=efficientnet_lite0", "proposals=ss_fast", "train=paper",
+                          "solver=frozen_short", "model.scales=[576]", "model.train_scales=[480,576,688]",
+                          "model.hidden=1024"],
+                "one": [576], "five": [480, 576, 688, 864, 1200]},
+}
+STAGES = ["train.classifier=svm", "train.bbox_reg=ridge"]
+
+
+def train(name: str, overrides: list[str], out: Path) -> Path:
+    """Train one model (unless ``out/name`` already holds its best.pt); returns best.pt."""
+    run = out / name
+    best = run / "checkpoints" / "best.pt"
+    if not best.is_file():
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", overrides=overrides + ["test_at_end=false"])
+        t0 = time.perf_counter()
+        train_job(cfg, run)
+        print(f"[{name}] trained in {time.perf_counter() - t0:.0f} s")
+    return best
+
+
+def evaluate(checkpoint: Path, out: Path, name: str, scales: list[int], classifier: str, bbox_reg: str,
+             rcnn: bool = False, max_windows: int | None = None) -> dict:
+    overrides = [f"checkpoint={checkpoint}", f"test.scales=[{','.join(map(str, scales))}]",
+                 f"test.classifier={classifier}", f"test.bbox_reg={bbox_reg}", f"rcnn={rcnn}", "plot=false",
+                 "test.precision=float32"]
+    if max_windows:
+        overrides.append(f"test.max_windows={max_windows}")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    run = out / "eval" / name
+    run.mkdir(parents=True, exist_ok=True)
+    m = evaluate_checkpoint(cfg, run)
+    return {"mAP": m["mAP"], "AP50": m.get("AP50"), "metric": m["metric"], "seconds_per_image": m["seconds_per_image"],
+            "windows_per_image": m["windows_per_image"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes")
+    parser.add_argument("--out", type=Path, default=None, help="default: outputs/experiments/<preset>")
+    parser.add_argument("--rcnn-windows", type=int, default=200,
+                        help="windows per image for the SPP vs R-CNN rows (R-CNN mode is slow)")
+    args = parser.parse_args()
+    p = PRESETS[args.preset]
+    out = (args.out or Path("outputs/experiments") / args.preset).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    full = train("spp_6321", p["train"] + STAGES, out)
+    only6 = train("spp_6", p["train"] + ["model.levels=[6]"], out)
+    no_ft = train("spp_6321_no_ft", p["train"] + ["train.classifier=svm", "solver.max_iter=0",
+                                                  "train.val_every=1", "train.checkpoint_every=1"], out)
+    one, five = p["one"], p["five"]
+    rows = [  # (comparison, row label, checkpoint, scales, classifier, box regression, extra)
+        ("pyramid", "{6x6}, softmax, learned bb", only6, one, "softmax", "learned", {}),
+        ("pyramid", "{6x6, 3x3, 2x2, 1x1}, softmax, learned bb", full, one, "softmax", "learned", {}),
+        ("fc fine-tuning", "fc7 not fine-tuned, SVM", no_ft, one, "svm", "none", {}),
+        ("fc fine-tuning", "ftfc7, SVM", full, one, "svm", "none", {}),
+        ("classifier", "ftfc7, softmax", full, one, "softmax", "none", {}),
+        ("classifier", "ftfc7, SVM", full, one, "svm", "none", {}),
+        ("box regression", "ftfc7, SVM, no bb", full, one, "svm", "none", {}),
+        ("box regression", "ftfc7, SVM + ridge bb (paper)", full, one, "svm", "ridge", {}),
+        ("box regression", "ftfc7, SVM + learned bb", full, one, "svm", "learned", {}),
+        ("box regression", "ftfc7, softmax + learned bb", full, one, "softmax", "learned", {}),
+        ("scales", "1 scale, SVM", full, one, "svm", "none", {}),
+        ("scales", "5 scales, SVM", full, five, "svm", "none", {}),
+        ("scales", "1 scale, SVM + ridge bb", full, one, "svm", "ridge", {}),
+        ("scales", "5 scales, SVM + ridge bb", full, five, "svm", "ridge", {}),
+        ("SPP vs R-CNN", f"SPP-net, {args.rcnn_windows} windows/image, softmax + learned bb", full, one, "softmax",
+         "learned", {"max_windows": args.rcnn_windows}),
+        ("SPP vs R-CNN", f"R-CNN mode (same weights), {args.rcnn_windows} windows/image", full, one, "softmax",
+         "learned", {"max_windows": args.rcnn_windows, "rcnn": True}),
+    ]
+    results, lines = [], []
+    done: dict[tuple, dict] = {}
+    for comparison, label, ckpt, scales, classifier, bbox_reg, extra in rows:
+        key = (str(ckpt), tuple(scales), classifier, bbox_reg, tuple(sorted(extra.items())))
+        if key not in done:
+            name = f"{ckpt.parent.parent.name}_{len(scales)}s_{classifier}_{bbox_reg}" + \
+                "".join(f"_{k}{v}" for k, v in sorted(extra.items()))
+            done[key] = evaluate(ckpt, out, name, scales, classifier, bbox_reg, **extra)
+        r = done[key]
+        results.append({"comparison": comparison, "row": label, "checkpoint": str(ckpt), "scales": scales,
+                        "classifier": classifier, "bbox_reg": bbox_reg, **extra, **r})
+        ap50 = f" | {r['AP50']:.3f}" if r.get("AP50") is not None else ""
+        lines.append(f"| {comparison} | {label} | {scales} | {r['mAP']:.4f}{ap50} | {r['seconds_per_image']:.3f} |")
+    coco = results[0]["metric"] == "coco"
+    head = "| comparison | setting | test scales | mAP" + (" (COCO AP) | AP50" if coco else " (VOC07)") + " | s/image |"
+    sep = "|---|---|---|---|" + ("---|" if coco else "") + "---|"
+    table = "\n".join([head, sep] + lines) + "\n"
+    write_atomic(out / "table.md", table.encode())
+    write_atomic(out / "results.json", json.dumps(results, indent=1).encode())
+    print(table)
+    print(f"wrote {out / 'table.md'} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""After fine-tuning, the paper's two further stages on the training images: per-class
+SVMs on fc7 (``train.classifier=svm``) and ridge box regressors on pool5
+(``train.bbox_reg=ridge``). Both are fitted on features of the fine-tuned model and
+stored in its head, so checkpoints carry them."""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from ..data import DetectionDataset
+from ..models import SPPNet
+from ..proposals import ProposalStore
+from .features import FeatureCache
+from .ridge import RidgeSettings, train_ridge
+from .svm import SVMSettings, train_svms
+from .window_features import WindowFeatures, training_features
+
+
+def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
+                   cache: FeatureCache | None, seed: int):
+    """passes(epoch) -> an iterator of the images' WindowFeatures: epoch 0 in data set
+    order, later epochs shuffled (seeded), as R-CNN mines images in random order.
+    Conv maps come from the cache (frozen trunk) or are computed (end to end)."""
+    def proposals(i: int) -> torch.Tensor:
+        boxes = store.get(dataset.targets[i].path)
+        return torch.zeros((0, 4)) if boxes is None else torch.from_numpy(boxes)
+
+    def maps_of(i: int):
+        path = dataset.targets[i].path
+        if cache is None:
+            return model.compute_features(dataset[i][0], model.scales)
+        return [cache.get(path, s, False, load_image=lambda: dataset[i][0]) for s in model.scales]
+
+    def passes(epoch: int) -> Iterator[WindowFeatures]:
+        order = list(range(len(dataset)))
+        if epoch > 0:
+            random.Random(f"spp_det/svm/{seed}/{epoch}").shuffle(order)
+        return training_features(model, dataset, order, proposals, maps_of)
+    return passes
+
+
+def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
+                     cache: FeatureCache | None, tc: DictConfig, seed: int) -> dict:
+    """Fit what ``tc.classifier`` / ``tc.bbox_reg`` ask for into ``model.head`` and make
+    it the inference choice. Returns the stages' statistics."""
+    passes = feature_passes(model, dataset, store, cache, seed)
+    stats = {}
+    with torch.no_grad():
+        if tc.classifier == "svm":
+            s = SVMSettings(**tc.svm)
+            weight, bias, scale, stats["svm"] = train_svms(passes, model.num_classes, model.head.fc7.out_features, s)
+            model.head.set_svm(weight, bias, scale)
+        if tc.bbox_reg == "ridge":
+            weight, bias, scale, stats["ridge"] = train_ridge(passes(0), model.num_classes, model.box_coder,
+                                                              RidgeSettings(**tc.ridge))
+            model.head.set_ridge(weight, bias, scale)
+    model.head.use("svm" if model.head.svm is not None else "softmax",
+                   "ridge" if model.head.ridge is not None else "learned")
+    return stats

@@ -1,0 +1,94 @@
+"""The paper's box-regression stage: class-specific ridge regressors from pool5 (the
+pyramid's output) to box deltas, as R-CNN and the released code
+(``spp_train_bbox_regressor.m``) fit them after fine-tuning.
+
+Per class: the windows whose best IoU is with a box of that class and above ``min_iou``
+(the released code: > 0.5, lambda 4000; R-CNN: > 0.6, lambda 1000), features scaled to a
+mean norm of 20, a constant 1 appended (the bias, regularised like the weights), targets
+centred and whitened (T = V diag(1 / sqrt(d + 0.001)) V^T of their covariance), then
+beta = (X^T X + lambda I)^-1 X^T Y. Predictions are (x beta) T^-1 + mu; the whole map is
+linear, so it is stored as one (4C, D) layer (``SPPHead.set_ridge``). Targets are the
+detector's own box-coder deltas: the whitening absorbs the coder's constant weights.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..boxes import BoxCoder
+from .window_features import WindowFeatures, mean_norm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RidgeSettings:
+    """The released code's by default; R-CNN's: lam=1000, min_iou=0.6."""
+
+    lam: float = 4000.0
+    min_iou: float = 0.5
+    target_norm: float = 20.0
+
+
+def ridge_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """beta (D, T) = (x^T x + lam I)^-1 x^T y for x (N, D), y (N, T), in float64. With
+    fewer rows than columns the equal form x^T (x x^T + lam I)^-1 y solves an N x N system
+    instead (pool5 has 5600-12800 columns; a class may have a few hundred examples)."""
+    x, y = x.double(), y.double()
+    n, d = x.shape
+    if n < d:
+        return x.T @ torch.linalg.solve(x @ x.T + lam * torch.eye(n, dtype=x.dtype), y)
+    return torch.linalg.solve(x.T @ x + lam * torch.eye(d, dtype=x.dtype), x.T @ y)
+
+
+def fit_class_regressor(x: torch.Tensor, targets: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One class: x (N, D) scaled features, targets (N, 4) -> (weight (4, D), bias (4,))
+    such that x @ weight.T + bias = ([x, 1] beta) T^-1 + mu."""
+    y = targets.double()
+    mu = y.mean(dim=0)
+    yc = y - mu
+    d, v = torch.linalg.eigh(yc.T @ yc / len(yc))
+    t = v @ torch.diag(1 / torch.sqrt(d + 0.001)) @ v.T
+    t_inv = v @ torch.diag(torch.sqrt(d + 0.001)) @ v.T
+    xa = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    full = ridge_solve(xa, yc @ t, lam) @ t_inv  # (D + 1, 4)
+    return full[:-1].T.float(), (full[-1] + mu).float()
+
+
+def train_ridge(images: Iterator[WindowFeatures], num_classes: int, coder: BoxCoder,
+                s: RidgeSettings) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
+    """Regressors for classes 1..C from one pass of training-window features. Returns
+    (weight (4C, D), bias (4C,), feature scale, stats); a class without examples
+    predicts zero deltas (keeps its windows)."""
+    xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    ys: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    norms, count, dim = 0.0, 0, None
+    for wf in images:
+        dim = wf.pooled.shape[1]
+        norms += mean_norm(wf.pooled) * len(wf.pooled)
+        count += len(wf.pooled)
+        if wf.num_gt == 0:
+            continue
+        best, which = wf.iou().max(dim=1)
+        for c in range(num_classes):
+            sel = ((best > s.min_iou) & (wf.gt_labels[which] == c + 1)).nonzero().squeeze(1)
+            if len(sel):
+                xs[c].append(wf.pooled[sel])
+                ys[c].append(coder.encode(wf.boxes[which[sel]], wf.boxes[sel]))
+    if dim is None:
+        raise ValueError("no training image to fit the ridge regressors on")
+    scale = s.target_norm / (norms / count) if norms > 0 else 1.0
+    weight = torch.zeros(4 * num_classes, dim)
+    bias = torch.zeros(4 * num_classes)
+    examples = []
+    for c in range(num_classes):
+        examples.append(sum(len(x) for x in xs[c]))
+        if examples[-1] < 2:
+            continue
+        w, b = fit_class_regressor(torch.cat(xs[c]) * scale, torch.cat(ys[c]), s.lam)
+        weight[4 * c:4 * c + 4], bias[4 * c:4 * c + 4] = w, b
+        log.info("ridge box regressor, class %d: %d examples", c + 1, examples[-1])
+    return weight, bias, scale, {"examples": examples, "feature_scale": scale}

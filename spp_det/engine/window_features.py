@@ -1,0 +1,75 @@
+"""Features of every training window after fine-tuning, one image at a time: what the
+paper's per-class SVMs (fc7) and ridge box regressors (pool5, the pyramid's output) are
+fitted on. As the released code's feature cache, each window is pooled at its best test
+scale (``SPPNet.select_scales``), the ground-truth boxes first, then the image's proposals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..boxes import box_iou
+from ..data import DetectionDataset
+from ..models import FeatureMap, SPPNet
+
+
+@dataclass
+class WindowFeatures:
+    """One image. boxes: (N, 4) original pixels, its G ground-truth boxes first;
+    gt_labels: (G,) 1..C; ignore_iou: (N,) best IoU with a left-out (crowd/difficult)
+    box, 0 when none; pooled: (N, D) pyramid vectors; fc7: (N, hidden); both float32."""
+
+    index: int
+    boxes: torch.Tensor
+    gt_labels: torch.Tensor
+    ignore_iou: torch.Tensor
+    pooled: torch.Tensor
+    fc7: torch.Tensor
+
+    @property
+    def num_gt(self) -> int:
+        return len(self.gt_labels)
+
+    def iou(self) -> torch.Tensor:
+        """(N, G) IoU of every window with every ground-truth box."""
+        return box_iou(self.boxes, self.boxes[:self.num_gt])
+
+
+@torch.no_grad()
+def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[int],
+                      proposals: Callable[[int], torch.Tensor],
+                      maps_of: Callable[[int], list[FeatureMap]], chunk: int = 1024) -> Iterator[WindowFeatures]:
+    """Yield :class:`WindowFeatures` of the images ``indices`` in that order. proposals(i):
+    (P, 4) windows of image i; maps_of(i): its feature maps at ``model.scales`` (cached
+    conv maps for a frozen trunk). The model is used in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for i in indices:
+            t = dataset.targets[i]
+            keep = ~t.ignore
+            gt = t.boxes[keep].float()
+            boxes = torch.cat([gt, proposals(i).float()])
+            ignored = t.boxes[t.ignore].float()
+            ignore_iou = box_iou(boxes, ignored).max(dim=1).values if len(ignored) and len(boxes) \
+                else torch.zeros(len(boxes))
+            maps = maps_of(i)
+            scale_index = model.select_scales(boxes, t.height, t.width, model.scales)
+            pooled, fc7 = [], []
+            for s in range(0, len(boxes), chunk):
+                p = model.pool(maps, boxes[s:s + chunk], scale_index[s:s + chunk]).float()
+                pooled.append(p.cpu())
+                fc7.append(model.head.features(p).float().cpu())
+            dim = model.head.fc6.in_features
+            yield WindowFeatures(i, boxes, t.labels[keep], ignore_iou,
+                                 torch.cat(pooled) if pooled else torch.zeros((0, dim)),
+                                 torch.cat(fc7) if fc7 else torch.zeros((0, model.head.fc7.out_features)))
+    finally:
+        model.train(was_training)
+
+
+def mean_norm(features: torch.Tensor) -> float:
+    """Mean L2 norm of (N, D) rows (the released code's feat_norm_mean)."""
+    return float(features.norm(dim=1).mean()) if len(features) else 0.0

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from spp_det.boxes import box_iou
+from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from spp_det.engine.paper_stages import feature_passes
+from spp_det.engine.train_job import train_job
+from spp_det.data import build_dataset
+from spp_det.proposals import build_proposals
+
+from test_train import make_cfg
+
+
+def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, capsys):
+    cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=20", "solver.lr=0.003", "train.val_fraction=0",
+                   "train.classifier=svm", "train.bbox_reg=ridge", "train.ridge.lam=10",
+                   "train.svm.retrain_limit=200", "test_at_end=true", "test_subset=[0,2]")
+    metrics = train_job(cfg, tmp_path / "run")
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["stages"]["name"] == "SVMs + ridge box regression"
+    assert metrics["weights"].endswith(", SVMs + ridge box regression")
+    assert "SVMs + ridge box regression fitted on the training images" in capsys.readouterr().out
+    model = model_from_checkpoint(best)
+    assert (model.head.classifier, model.head.box_head) == ("svm", "ridge")
+
+    # on the training windows the stages do their jobs: ground-truth boxes score above
+    # the negatives (IoU < 0.3) for their class, and ridge moves foreground windows closer
+    # to their boxes than they were
+    train = build_dataset(cfg.dataset, "train")
+    store, _ = build_proposals(cfg.proposals)
+    pos, neg, before, after = [], [], [], []
+    for wf in feature_passes(model, train, store, None, 0)(0):
+        margins = wf.fc7 * model.head.svm_scale @ model.head.svm.weight.T + model.head.svm.bias
+        iou = wf.iou()
+        for g in range(wf.num_gt):
+            c = int(wf.gt_labels[g])
+            pos.append(float(margins[g, c - 1]))
+            same = iou[:, wf.gt_labels == c].max(dim=1).values
+            neg.append(margins[same < 0.3, c - 1])
+        best_iou, which = iou.max(dim=1)
+        fg = (best_iou > 0.5) & (best_iou < 0.9)
+        deltas = (wf.pooled * model.head.ridge_scale) @ model.head.ridge.weight.T + model.head.ridge.bias
+        labels = wf.gt_labels[which]
+        per_class = deltas.reshape(len(deltas), -1, 4)[torch.arange(len(deltas)), labels - 1]
+        moved = model.box_coder.decode(per_class[fg], wf.boxes[fg])
+        gt = wf.boxes[which[fg]]
+        before.append(best_iou[fg])
+        after.append(box_iou(moved, gt).diagonal())
+    neg = torch.cat(neg)
+    assert sum(p > 0 for p in pos) / len(pos) > 0.9 and float((neg < 0).float().mean()) > 0.9
+    assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.02

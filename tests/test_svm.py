@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from spp_det.engine.checkpoint import load_weights
+from spp_det.engine.svm import ClassSVM, SVMSettings, fit_linear_svm, negatives, train_svms
+from spp_det.engine.window_features import WindowFeatures
+from spp_det.models import SPPNet, build_trunk
+
+
+def test_separable_case_gives_the_maximum_margin_plane():
+    # hard margin (C large): the closest points are x = +-1, so w = (1, 0), b = 0
+    pos = np.array([[1.0, 0], [2, 1], [3, -1]], dtype=np.float32)
+    neg = -pos
+    w, b = fit_linear_svm(pos, neg, C=1e3, pos_weight=1.0, bias_multiplier=10.0)
+    assert np.allclose(w, [1, 0], atol=1e-3) and abs(b) < 1e-3
+
+
+def test_liblinear_options_minimise_the_released_objective():
+    """An independent solver (scipy's SLSQP on the primal QP) for the objective the
+    released code gives liblinear: 1/2 |[w, v]|^2 + C sum c_i xi_i with the bias feature
+    B (b = B v), c_i = 2 for positives, xi_i >= 1 - y_i (w.x_i + B v), xi_i >= 0."""
+    rng = np.random.default_rng(0)
+    pos = rng.normal(1.0, 1.0, (15, 2)).astype(np.float32)
+    neg = rng.normal(-1.0, 1.0, (25, 2)).astype(np.float32)
+    C, weight, B = 0.5, 2.0, 10.0
+    w, b = fit_linear_svm(pos, neg, C=C, pos_weight=weight, bias_multiplier=B)
+
+    x = np.concatenate([pos, neg]).astype(np.float64)
+    y = np.concatenate([np.ones(15), -np.ones(25)])
+    c = np.where(y > 0, weight, 1.0)
+    n = len(x)
+
+    def objective(z):  # z = [w1, w2, v, xi_1..xi_n]
+        return 0.5 * z[:3] @ z[:3] + C * c @ z[3:]
+
+    cons = [{"type": "ineq", "fun": lambda z: y * (x @ z[:2] + B * z[2]) - 1 + z[3:]},
+            {"type": "ineq", "fun": lambda z: z[3:]}]
+    ref = minimize(objective, np.zeros(3 + n), constraints=cons, method="SLSQP",
+                   options={"maxiter": 500, "ftol": 1e-12}).x
+    assert np.allclose(w, ref[:2], atol=2e-3) and b == pytest.approx(B * ref[2], abs=2e-3)
+
+
+def test_hard_negatives_are_only_those_above_the_margin_and_new():
+    svm = ClassSVM(2)
+    svm.w, svm.b = np.array([1.0, 0.0], dtype=np.float32), 0.0
+    x = np.array([[-2.0, 0], [-0.5, 0], [0.3, 0], [-1.0, 0], [-1.2, 5]], dtype=np.float32)
+    assert svm.add_hard(7, x, np.array([10, 11, 12, 13, 14]), margin=-1.0001) == 3
+    assert sorted(svm.keys) == [(7, 11), (7, 12), (7, 13)]
+    assert svm.add_hard(7, x, np.array([10, 11, 12, 13, 14]), margin=-1.0001) == 0  # already cached
+    assert svm.add_hard(8, x[:2], np.array([10, 11]), margin=-1.0001) == 1  # another image's window 11
+
+
+def toy_image(index, rng, n_neg=40):
+    """One ground-truth box of class 1 (features around +3 on the first axis) and
+    windows far from it (around -3): separable."""
+    gt = torch.tensor([[10.0, 10, 50, 50]])
+    far = torch.tensor([[200.0, 200, 240, 240]]).repeat(n_neg, 1)
+    feats = np.concatenate([rng.normal([3, 0], 0.3, (1, 2)), rng.normal([-3, 0], 0.3, (n_neg, 2))])
+    return WindowFeatures(index, torch.cat([gt, far]), torch.tensor([1]), torch.zeros(n_neg + 1),
+                          torch.zeros(n_neg + 1, 4), torch.from_numpy(feats).float())
+
+
+def test_mining_stops_when_an_epoch_adds_nothing():
+    rng = np.random.default_rng(0)
+    images = [toy_image(i, rng) for i in range(6)]
+    s = SVMSettings(C=1.0, rounds=5, retrain_limit=50, target_norm=3.0)
+    weight, bias, scale, stats = train_svms(lambda epoch: iter(images), 1, 2, s)
+    # epoch 1 starts from w = 0 (every negative is hard); after the retrains the rest are
+    # easy, and epoch 2 finds nothing new: mining ends there, well before the 5-round limit
+    assert stats["added_per_epoch"][0] > 0 and stats["added_per_epoch"][-1] == 0
+    assert len(stats["added_per_epoch"]) == 2
+    assert stats["positives"] == [6]
+    x = torch.cat([im.fc7 for im in images]) * scale
+    margins = x @ weight[0] + bias[0]
+    labels = torch.cat([torch.tensor([1] + [0] * 40) for _ in images])
+    assert (margins[labels == 1] > 0).all() and (margins[labels == 0] < 0).all()
+
+
+def test_negatives_are_below_the_iou_bound_with_every_box_of_the_class():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30],       # gt: class 1, class 2
+                          [0, 0, 10, 3], [0, 0, 10, 2.9], [20, 20, 30, 30]])
+    wf = WindowFeatures(0, boxes, torch.tensor([1, 2]), torch.zeros(5), torch.zeros(5, 1), torch.zeros(5, 1))
+    # class 1: IoU 1, 0, .3, .29, 0 -> windows 1, 3, 4 (the class-2 box is a class-1 negative)
+    assert negatives(wf, 1, 0.3).tolist() == [1, 3, 4]
+
+
+def test_svm_scores_replace_the_softmax_and_travel_in_checkpoints():
+    torch.manual_seed(0)
+    net = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 2, hidden=16, scales=(224,)).eval()
+    weight, bias = torch.randn(2, 16), torch.tensor([0.5, -0.5])
+    net.head.set_svm(weight, bias, 2.0)
+    net.head.use("svm", "learned")
+    x = torch.randn(5, net.head.fc6.in_features)
+    scores, _ = net.head(x)
+    expected = net.head.features(x) * 2.0 @ weight.T + bias
+    assert torch.allclose(scores, expected, atol=1e-5)
+    probs = net.class_probs(scores)
+    assert torch.equal(probs[:, 0], torch.zeros(5)) and torch.allclose(probs[:, 1:], torch.sigmoid(expected))
+    other = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 2, hidden=16, scales=(224,)).eval()
+    load_weights(other, net.state_dict())
+    assert other.head.classifier == "svm" and torch.allclose(other.head(x)[0], scores)
+    with pytest.raises(ValueError, match="this model has no ridge regressors"):
+        other.head.use("svm", "ridge")
