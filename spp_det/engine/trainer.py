@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data import DetectionDataset, build_dataset
 from ..errors import SppDetError
 from ..files import write_atomic
-from ..models import SPPNet, build_detector
+from ..models import RCNN, SPPNet, build_detector
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .checkpoint import load_checkpoint, resume_path, save_checkpoint
@@ -121,7 +121,7 @@ class Trainer:
              "trunk": self.model.trunk.name,
              "normalization": {"mean": self.model.trunk.mean.flatten().tolist(),
                                "std": self.model.trunk.std.flatten().tolist()},
-             "train_images": self.train_images,
+             "train_images": self.train_images, "rcnn": bool(self.cfg.train.get("rcnn")),
              "iteration": self.iteration, "draws": self.draws, "best": self.best, "history": self.history}
         if rng_states is not None:
             p.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -182,7 +182,8 @@ class Trainer:
         n = int(self.cfg.train.val_map_images)
         if n > 0:
             sub = self.val_set.take([0, n])
-            dets, _, failures = detect_dataset(self.model, sub, self.store, self.ss, progress=False)
+            runner = RCNN(self.model).eval() if self.cfg.train.get("rcnn") else self.model
+            dets, _, failures = detect_dataset(runner, sub, self.store, self.ss, progress=False)
             if failures:
                 log.warning("validation: %d image(s) failed, first: %s", len(failures), failures[0])
             out["val_mAP"] = evaluate(sub, dets, self.cfg.dataset.metric)[0]["mAP"]

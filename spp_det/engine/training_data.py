@@ -15,7 +15,8 @@ from ..data import DetectionDataset
 from ..errors import SppDetError
 from ..models import SPPNet
 from ..proposals import ProposalStore, SelectiveSearchConfig, compute_missing
-from .batches import EndToEndBatches, FrozenBatches
+from .batches import CropBatches, EndToEndBatches, FrozenBatches
+from .crop_features import crop_features, keep_rcnn_windows
 from .distributed import on_rank0
 from .features import FeatureCache
 from .sampling import ImageWindows, label_windows
@@ -26,6 +27,10 @@ def check_frozen_trunk(cfg: DictConfig) -> None:
     without complaint and give a weak detector nobody asked for. Its maps come from the
     cache, which holds upright images only (no ``vflip``)."""
     t, tc = cfg.model.trunk, cfg.train
+    if tc.get("rcnn") and (tc.finetune_conv or tc.flip or tc.classifier != "softmax" or tc.bbox_reg != "learned"):
+        raise SppDetError("train.rcnn=true (R-CNN mode trained on cached warped-crop features) needs a frozen trunk "
+                          "(train.finetune_conv=false), no flips (train.flip=false) and the learned heads "
+                          "(train.classifier=softmax train.bbox_reg=learned)")
     if tc.get("vflip") and not tc.finetune_conv:
         raise SppDetError("train.vflip=true needs train.finetune_conv=true: the conv-map cache of a frozen "
                           "trunk holds upright images only")
@@ -66,16 +71,20 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
                                      height=t.height, ignore=ignore, ignore_iou=tc.ignore_iou))
     if not entries:
         raise SppDetError(f"dataset '{dataset.name}': no usable training image")
+    if tc.get("rcnn"):
+        keep_rcnn_windows(entries, int(tc.rcnn_bg_per_image), 0)
     return entries
 
 
 def build_batches(dataset: DetectionDataset, entries: list[ImageWindows], model: SPPNet, tc: DictConfig,
                   features: FeatureCache | None, workers: int, rank: int, world: int,
-                  skip: Callable[[str, str], None]) -> FrozenBatches | EndToEndBatches:
+                  skip: Callable[[str, str], None]) -> FrozenBatches | EndToEndBatches | CropBatches:
     """The regime's batch builder (a Dataset indexed by plans). The frozen regime
     (``features`` given) first fills the conv-map cache for these images, every training
     scale and flip, on rank 0 while the other ranks wait."""
     scales, coder = model.train_scales, model.box_coder
+    if tc.get("rcnn"):
+        return CropBatches(dataset, entries, coder, crop_features(model, dataset, entries))
     if features is None:
         return EndToEndBatches(dataset, entries, scales, coder, model.max_size)
     flips = (False, True) if tc.flip else (False,)

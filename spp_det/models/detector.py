@@ -185,9 +185,12 @@ class SPPNet(nn.Module):
 
         inputs: per map, either a precomputed FeatureMap (frozen trunk, cached) or a
         prepared image ``(x (1, 3, h, w), fx, fy, (H, W) original size)`` that the trunk runs
-        on now (end-to-end).
+        on now (end-to-end); or, for R-CNN mode training, every input a (K_i, C * bins)
+        tensor of already pooled crop features, the windows' in box order.
         boxes: (K, 4) original pixels; map_index: (K,). Returns (logits, deltas).
         """
+        if inputs and all(isinstance(m, torch.Tensor) for m in inputs):
+            return self.head(torch.cat(inputs))  # R-CNN mode's pooled crop features, in box order
         maps = [m if isinstance(m, FeatureMap) else FeatureMap(self.trunk(m[0])[0], *m[1:]) for m in inputs]
         return self.forward_windows(maps, boxes, map_index)
 

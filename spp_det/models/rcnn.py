@@ -44,12 +44,17 @@ class RCNN(nn.Module):
         rois = torch.cat([torch.zeros(len(boxes), 1), context_boxes(boxes.float(), self.crop_size, self.context)], 1)
         return roi_align(x, rois.to(x.device), self.crop_size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
-    def window_logits(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trunk + whole-map pyramid + heads on (B, 3, crop, crop) crops."""
+    def pooled(self, crops: torch.Tensor) -> torch.Tensor:
+        """Trunk + whole-map pyramid on (B, 3, crop, crop) crops -> (B, C * bins): a
+        window's R-CNN feature (what R-CNN mode's heads see, and train on)."""
         fmap = self.detector.trunk(crops)
         b, _, h, w = fmap.shape
         whole = torch.tensor([[i, 0, 0, w - 1, h - 1] for i in range(b)], dtype=torch.long, device=fmap.device)
-        return self.detector.head(self.detector.spp(fmap, whole))
+        return self.detector.spp(fmap, whole)
+
+    def window_logits(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trunk + whole-map pyramid + heads on (B, 3, crop, crop) crops."""
+        return self.detector.head(self.pooled(crops))
 
     @torch.no_grad()
     def detect_windows(self, image: np.ndarray, boxes: torch.Tensor, **_unused) -> tuple[torch.Tensor, torch.Tensor]:
