@@ -105,5 +105,6 @@ def plot_training(history: list[dict], path: str | Path) -> None:
     axes[2].set(title="validation", xlabel="iteration")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        if ax.get_legend_handles_labels()[0]:  # no validation: nothing to label
+            ax.legend(loc="best")
     _save(fig, path)
