@@ -9,7 +9,8 @@ box regression fitted after fine-tuning; the same with a {6x6} pyramid; the same
 fc6/fc7 left as initialised (0 fine-tuning iterations, SVMs on their fc7); and R-CNN
 mode with its heads trained on warped-crop features (same trunk and schedule). Every
 row is then one run of eval.py's job on the test split. Writes ``table.md`` and
-``results.json`` into ``--out``; runs already trained there are reused.
+``results.json`` into ``--out``; models trained and rows evaluated there by an earlier
+run are reused.
 """
 from __future__ import annotations
 
@@ -60,13 +61,16 @@ def evaluate(checkpoint: Path, out: Path, name: str, scales: list[int], classifi
                  "test.precision=float32"]
     if max_windows:
         overrides.append(f"test.max_windows={max_windows}")
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
     run = out / "eval" / name
-    run.mkdir(parents=True, exist_ok=True)
-    m = evaluate_checkpoint(cfg, run)
-    return {"mAP": m["mAP"], "AP50": m.get("AP50"), "metric": m["metric"], "seconds_per_image": m["seconds_per_image"],
-            "windows_per_image": m["windows_per_image"]}
+    if (run / "metrics.json").is_file():  # evaluated by an earlier run of this script
+        m = json.loads((run / "metrics.json").read_text())
+    else:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("eval", overrides=overrides)
+        run.mkdir(parents=True, exist_ok=True)
+        m = evaluate_checkpoint(cfg, run)
+    return {"mAP": m["mAP"], "AP50": m.get("stats", {}).get("AP50"), "metric": m["metric"],
+            "seconds_per_image": m["seconds_per_image"], "windows_per_image": m["windows_per_image"]}
 
 
 def main() -> None:
