@@ -330,6 +330,9 @@ def test_fc_init_errors_name_the_problem(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(SppDetError, match=r"other.pth: not a torchvision alexnet state dict \(no classifier.1.weight"):
         build_detector(alexnet_cfg(tmp_path, [6], fc_weights_path=str(tmp_path / "other.pth")), 3)
+    # offline and not downloading the trunk: the fc weights must come from a file
+    with pytest.raises(SppDetError, match=r"give the ImageNet alexnet weights as model.fc_weights_path"):
+        build_detector(alexnet_cfg(tmp_path, [6], fc_weights_path=None), 3)
     cfg = OmegaConf.load("configs/model/zf5_small.yaml")
     cfg.fc_init = "imagenet"
     with pytest.raises(SppDetError, match=r"trunk 'zf5' has no ImageNet fc6/fc7"):

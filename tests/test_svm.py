@@ -84,6 +84,9 @@ def test_negatives_are_below_the_iou_bound_with_every_box_of_the_class():
     wf = WindowFeatures(0, boxes, torch.tensor([1, 2]), torch.zeros(5), torch.zeros(5, 1), torch.zeros(5, 1))
     # class 1: IoU 1, 0, .3, .29, 0 -> windows 1, 3, 4 (the class-2 box is a class-1 negative)
     assert negatives(wf, 1, 0.3).tolist() == [1, 3, 4]
+    # a window on a crowd box (IoU .6 with it) is no negative, as in fine-tuning
+    wf.ignore_iou = torch.tensor([0.0, 0, 0, 0, 0.6])
+    assert negatives(wf, 1, 0.3).tolist() == [1, 3]
 
 
 def test_svm_scores_replace_the_softmax_and_travel_in_checkpoints():

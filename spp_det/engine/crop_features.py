@@ -38,10 +38,9 @@ def crop_features(model: SPPNet, dataset: DetectionDataset, entries: list[ImageW
                   batch_size: int = 64, progress: bool = True) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per image index: (position (N,) of each window's row, -1 for windows never drawn;
     vectors (M, D) float16) of the windows labelled foreground or background."""
+    was_training = model.training
     rcnn = RCNN(model, batch_size=batch_size).eval()
     out = {}
-    was_training = model.training
-    model.eval()
     try:
         for e in tqdm(entries, desc="R-CNN crop features", unit="img", disable=not progress, file=sys.stderr):
             used = (e.labels >= 0).nonzero().squeeze(1)

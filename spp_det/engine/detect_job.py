@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..data import list_images, output_names
 from ..errors import SppDetError
 from ..files import write_json_atomic
+from ..models import RCNN
 from ..proposals import build_proposals
 from ..visualize import draw_detections
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -41,6 +42,9 @@ def detect_job(cfg: DictConfig) -> list[str]:
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
     configure_inference(model, cfg)
+    # a train.rcnn=true checkpoint's heads learned on warped crops: run it that way
+    rcnn = ckpt.get("rcnn", False) if cfg.get("rcnn") is None else bool(cfg.rcnn)
+    runner = RCNN(model).eval() if rcnn else model
     files = [f for f, _ in entries]
     # a pipeline: loader processes read each image and fetch its stored windows (or run
     # selective search on a miss, one image per process) while the model runs here
@@ -59,7 +63,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
             failures.append(error)
             continue
         try:
-            det = model.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
+            det = runner.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
                                 nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
             target = out / pictures[i]
             target.parent.mkdir(parents=True, exist_ok=True)

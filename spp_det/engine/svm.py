@@ -102,12 +102,13 @@ class ClassSVM:
         self.new_since_retrain = 0
 
 
-def negatives(wf: WindowFeatures, label: int, neg_iou: float) -> np.ndarray:
+def negatives(wf: WindowFeatures, label: int, neg_iou: float, ignore_iou: float = 0.5) -> np.ndarray:
     """Indices of the windows of ``wf`` whose IoU with every ground-truth box of class
-    ``label`` is below neg_iou (ground-truth boxes of other classes included)."""
+    ``label`` is below neg_iou (ground-truth boxes of other classes included), leaving out
+    windows on a crowd/difficult box (IoU >= ignore_iou), as fine-tuning does."""
     iou = wf.iou()[:, wf.gt_labels == label]
     best = iou.max(dim=1).values if iou.shape[1] else torch.zeros(len(wf.boxes))
-    return (best < neg_iou).nonzero().squeeze(1).numpy()
+    return ((best < neg_iou) & (wf.ignore_iou < ignore_iou)).nonzero().squeeze(1).numpy()
 
 
 def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: int, dim: int,

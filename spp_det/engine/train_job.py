@@ -39,7 +39,7 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
         plot_training(trainer.history, out_dir / "training.png")
     best_path = out_dir / "checkpoints" / "best.pt"
-    if cfg.train.classifier == "svm" or cfg.train.bbox_reg == "ridge":
+    if cfg.train.get("classifier") == "svm" or cfg.train.get("bbox_reg") == "ridge":
         on_rank0(lambda: add_paper_stages(trainer, best_path), trainer.rank, trainer.world, None)
     if test_set is None:
         return None

@@ -29,7 +29,7 @@ from ..files import write_atomic
 from ..models import RCNN, SPPNet, build_detector
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
-from .checkpoint import load_checkpoint, resume_path, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, resume_path, save_checkpoint
 from .distributed import any_rank, gather_lists, init_distributed, raise_if_any_failed
 from .evaluate import evaluate
 from .features import FeatureCache
@@ -95,7 +95,7 @@ class Trainer:
         tc = self.cfg.train
         return WindowSampler(entries, tc.batch_windows, tc.images_per_batch, tc.fg_fraction, flip=bool(tc.flip),
                              num_scales=len(self.model.train_scales), scale_per_window=not self.finetune,
-                             vflip=bool(tc.get("vflip")), pooled=bool(tc.pooled_batches))
+                             vflip=bool(tc.get("vflip")), pooled=bool(tc.get("pooled_batches", False)))
 
     def batches(self, dataset: DetectionDataset, entries: list[ImageWindows]) -> FrozenBatches | EndToEndBatches:
         return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,
@@ -149,7 +149,7 @@ class Trainer:
         if len(states) != self.world:
             raise SppDetError(f"{path}: written by {len(states)} process(es), resumed with {self.world}: "
                               f"resume with the same number of processes")
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(states[self.rank]["torch"])

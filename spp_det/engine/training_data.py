@@ -27,7 +27,8 @@ def check_frozen_trunk(cfg: DictConfig) -> None:
     without complaint and give a weak detector nobody asked for. Its maps come from the
     cache, which holds upright images only (no ``vflip``)."""
     t, tc = cfg.model.trunk, cfg.train
-    if tc.get("rcnn") and (tc.finetune_conv or tc.flip or tc.classifier != "softmax" or tc.bbox_reg != "learned"):
+    if tc.get("rcnn") and (tc.finetune_conv or tc.flip or tc.get("classifier", "softmax") != "softmax"
+                           or tc.get("bbox_reg", "learned") != "learned"):
         raise SppDetError("train.rcnn=true (R-CNN mode trained on cached warped-crop features) needs a frozen trunk "
                           "(train.finetune_conv=false), no flips (train.flip=false) and the learned heads "
                           "(train.classifier=softmax train.bbox_reg=learned)")
@@ -68,7 +69,7 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
         # neither foreground nor background
         ignore = None if tc.use_difficult else t.boxes[t.ignore]
         entries.append(label_windows(i, t.width, windows, gt, gt_labels, tc.fg_iou, tuple(tc.bg_iou),
-                                     height=t.height, ignore=ignore, ignore_iou=tc.ignore_iou))
+                                     height=t.height, ignore=ignore, ignore_iou=tc.get("ignore_iou", 0.5)))
     if not entries:
         raise SppDetError(f"dataset '{dataset.name}': no usable training image")
     if tc.get("rcnn"):

@@ -59,7 +59,9 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
             scale_index = model.select_scales(boxes, t.height, t.width, model.scales)
             pooled, fc7 = [], []
             for s in range(0, len(boxes), chunk):
+                # cached maps stay on the CPU; the heads may be on a GPU
                 p = model.pool(maps, boxes[s:s + chunk], scale_index[s:s + chunk]).float()
+                p = p.to(model.head.fc6.weight.device)
                 pooled.append(p.cpu())
                 fc7.append(model.head.features(p).float().cpu())
             dim = model.head.fc6.in_features

@@ -5,7 +5,7 @@ from typing import Any
 
 from ..errors import SppDetError
 
-from .backbones import TRUNKS, Trunk, build_trunk, imagenet_fc, receptive_geometry
+from .backbones import IMAGENET_FC, TRUNKS, Trunk, build_trunk, imagenet_fc, receptive_geometry
 from .detector import SPPNet
 from .maps import FeatureMap
 from .postprocess import postprocess_detections
@@ -40,7 +40,13 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
                  scales=tuple(cfg.scales), train_scales=tuple(cfg.train_scales), max_size=cfg.max_size,
                  projection=cfg.projection, margin=cfg.margin, scale_target=cfg.scale_target,
                  box_weights=tuple(cfg.box_weights))
+    # a checkpoint (pretrained=False) brings its own fc weights; otherwise a local file, or
+    # the download when the trunk's own weights are downloaded too
     if cfg.get("fc_init", "random") == "imagenet" and pretrained is not False:
+        if t.name in IMAGENET_FC and not cfg.get("fc_weights_path") and not t.pretrained:
+            raise SppDetError(f"model.fc_init=imagenet with model.trunk.pretrained=false: give the ImageNet "
+                              f"{t.name} weights as model.fc_weights_path=<torchvision state dict>, or "
+                              f"model.fc_init=random")
         grid, fc = imagenet_fc(t.name, cfg.get("fc_weights_path"))
         if grid not in net.spp.levels:
             raise SppDetError(f"model.fc_init=imagenet: the {t.name} fc6 was trained on a {grid}x{grid} pool5, "

@@ -92,9 +92,14 @@ class SPPHead(nn.Module):
         h = self.features(x)
         if self.training:
             return self.cls_score(h), self.bbox_pred(h)
-        scores = self.svm(h * self.svm_scale) if self.classifier == "svm" else self.cls_score(h)
-        if self.box_head == "ridge":
-            deltas = self.ridge(x * self.ridge_scale)
+        # the fitted stages stay float32 under bf16 autocast: small layers, and ridge maps
+        # raw pool5 (thousands of inputs) through whitening that rounding could upset
+        with torch.autocast(x.device.type, enabled=False):
+            svm = self.svm(h.float() * self.svm_scale) if self.classifier == "svm" else None
+            ridge = self.ridge(x.float() * self.ridge_scale) if self.box_head == "ridge" else None
+        scores = svm if svm is not None else self.cls_score(h)
+        if ridge is not None:
+            deltas = ridge
         elif self.box_head == "none":
             deltas = h.new_zeros((len(h), self.bbox_pred.out_features))
         else:
