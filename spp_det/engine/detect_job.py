@@ -16,12 +16,11 @@ from tqdm import tqdm
 from ..data import list_images, output_names
 from ..errors import SppDetError
 from ..files import write_json_atomic
-from ..models import RCNN
 from ..proposals import build_proposals
 from ..visualize import draw_detections
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .detections import image_results
-from .inference import configure_inference
+from .inference import configure_inference, runner_for
 from .loader import Files, inference_workers, loader_kwargs
 
 log = logging.getLogger(__name__)
@@ -42,9 +41,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
     configure_inference(model, cfg)
-    # a train.rcnn=true checkpoint's heads learned on warped crops: run it that way
-    rcnn = ckpt.get("rcnn", False) if cfg.get("rcnn") is None else bool(cfg.rcnn)
-    runner = RCNN(model).eval() if rcnn else model
+    runner = runner_for(model, ckpt, cfg.get("rcnn"))
     files = [f for f, _ in entries]
     # a pipeline: loader processes read each image and fetch its stored windows (or run
     # selective search on a miss, one image per process) while the model runs here

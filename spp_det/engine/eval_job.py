@@ -23,7 +23,7 @@ from .cli import run_dir
 from .detections import from_results, load_results, to_results
 from .distributed import init_distributed
 from .evaluate import score_and_report
-from .inference import configure_inference, detect_dataset, report_failures
+from .inference import configure_inference, detect_dataset, report_failures, runner_for
 from .loader import inference_workers
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
     store, ss = build_proposals(prop_cfg)
-    rcnn = ckpt.get("rcnn", False) if cfg.get("rcnn") is None else bool(cfg.rcnn)
-    runner = RCNN(model).eval() if rcnn else model
+    runner = runner_for(model, ckpt, cfg.get("rcnn"))
+    rcnn = isinstance(runner, RCNN)
     scales = tuple(cfg.test.scales) if cfg.test.scales else None
     detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
                                                   cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,

@@ -78,9 +78,8 @@ class FeatureReader:
             fm = FeatureMap(data["features"], data["fx"], data["fy"], tuple(data["size"]))
         except FileNotFoundError:
             return None
-        except Exception:  # a damaged file (killed writer, disk error) or one written before
-            # maps carried their image size: removed, so the next conv-map pass
-            # (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
+        except Exception:  # a damaged file (killed writer, disk error): removed, so the next
+            # conv-map pass (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
             path.unlink(missing_ok=True)
             return None
         self.loaded += 1

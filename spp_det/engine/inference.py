@@ -34,6 +34,13 @@ def configure_inference(model: SPPNet, node) -> None:
             raise SppDetError(f"classifier={classifier} bbox_reg={box_head}: {exc}") from exc
 
 
+def runner_for(model: SPPNet, ckpt: dict, rcnn: bool | None) -> SPPNet | RCNN:
+    """What runs a checkpoint's model: R-CNN mode when ``rcnn`` says so, or (None) when
+    the checkpoint was trained in it (``train.rcnn``), else SPP-net itself."""
+    rcnn = ckpt.get("rcnn", False) if rcnn is None else bool(rcnn)
+    return RCNN(model).eval() if rcnn else model
+
+
 def empty_detections() -> dict[str, torch.Tensor]:
     """What an image without detections (or whose detection failed) gets."""
     return {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}

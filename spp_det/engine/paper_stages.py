@@ -14,7 +14,7 @@ from ..data import DetectionDataset
 from ..models import SPPNet
 from ..proposals import ProposalStore
 from .features import FeatureCache
-from .ridge import RidgeSettings, train_ridge
+from .ridge import RidgeExamples, RidgeSettings
 from .svm import SVMSettings, train_svms
 from .window_features import WindowFeatures, training_features
 
@@ -45,17 +45,30 @@ def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStor
 def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
                      cache: FeatureCache | None, tc: DictConfig, seed: int) -> dict:
     """Fit what ``tc.classifier`` / ``tc.bbox_reg`` ask for into ``model.head`` and make
-    it the inference choice. Returns the stages' statistics."""
+    it the inference choice. Returns the stages' statistics. With both, the ridge
+    examples are gathered during the SVMs' first pass: one feature pass, not two."""
     passes = feature_passes(model, dataset, store, cache, seed)
+    ridge = RidgeExamples(model.num_classes, model.box_coder, RidgeSettings(**tc.ridge)) \
+        if tc.get("bbox_reg") == "ridge" else None
+
+    def passes_feeding_ridge(epoch: int) -> Iterator[WindowFeatures]:
+        for wf in passes(epoch):
+            if epoch == 0 and ridge is not None:
+                ridge.add(wf)
+            yield wf
+
     stats = {}
     with torch.no_grad():
-        if tc.classifier == "svm":
+        if tc.get("classifier") == "svm":
             s = SVMSettings(**tc.svm)
-            weight, bias, scale, stats["svm"] = train_svms(passes, model.num_classes, model.head.fc7.out_features, s)
+            weight, bias, scale, stats["svm"] = train_svms(passes_feeding_ridge, model.num_classes,
+                                                           model.head.fc7.out_features, s)
             model.head.set_svm(weight, bias, scale)
-        if tc.bbox_reg == "ridge":
-            weight, bias, scale, stats["ridge"] = train_ridge(passes(0), model.num_classes, model.box_coder,
-                                                              RidgeSettings(**tc.ridge))
+        elif ridge is not None:
+            for wf in passes(0):
+                ridge.add(wf)
+        if ridge is not None:
+            weight, bias, scale, stats["ridge"] = ridge.fit()
             model.head.set_ridge(weight, bias, scale)
     model.head.use("svm" if model.head.svm is not None else "softmax",
                    "ridge" if model.head.ridge is not None else "learned")

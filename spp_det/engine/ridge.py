@@ -58,37 +58,53 @@ def fit_class_regressor(x: torch.Tensor, targets: torch.Tensor, lam: float) -> t
     return full[:-1].T.float(), (full[-1] + mu).float()
 
 
+class RidgeExamples:
+    """Collects the examples of every class from training images' features (``add``, one
+    image at a time, so it can ride on another stage's pass), then fits (``fit``)."""
+
+    def __init__(self, num_classes: int, coder: BoxCoder, s: RidgeSettings) -> None:
+        self.num_classes, self.coder, self.s = num_classes, coder, s
+        self.xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+        self.ys: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+        self.norms, self.count, self.dim = 0.0, 0, None
+
+    def add(self, wf: WindowFeatures) -> None:
+        self.dim = wf.pooled.shape[1]
+        self.norms += mean_norm(wf.pooled) * len(wf.pooled)
+        self.count += len(wf.pooled)
+        if wf.num_gt == 0:
+            return
+        best, which = wf.iou().max(dim=1)
+        for c in range(self.num_classes):
+            sel = ((best > self.s.min_iou) & (wf.gt_labels[which] == c + 1)).nonzero().squeeze(1)
+            if len(sel):
+                self.xs[c].append(wf.pooled[sel])
+                self.ys[c].append(self.coder.encode(wf.boxes[which[sel]], wf.boxes[sel]))
+
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
+        """(weight (4C, D), bias (4C,), feature scale, stats); a class without examples
+        predicts zero deltas (keeps its windows)."""
+        if self.dim is None:
+            raise ValueError("no training image to fit the ridge regressors on")
+        scale = self.s.target_norm / (self.norms / self.count) if self.norms > 0 else 1.0
+        weight = torch.zeros(4 * self.num_classes, self.dim)
+        bias = torch.zeros(4 * self.num_classes)
+        examples = []
+        for c in range(self.num_classes):
+            examples.append(sum(len(x) for x in self.xs[c]))
+            if examples[-1] < 2:
+                continue
+            w, b = fit_class_regressor(torch.cat(self.xs[c]) * scale, torch.cat(self.ys[c]), self.s.lam)
+            weight[4 * c:4 * c + 4], bias[4 * c:4 * c + 4] = w, b
+            log.info("ridge box regressor, class %d: %d examples", c + 1, examples[-1])
+        return weight, bias, scale, {"examples": examples, "feature_scale": scale}
+
+
 def train_ridge(images: Iterator[WindowFeatures], num_classes: int, coder: BoxCoder,
                 s: RidgeSettings) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
-    """Regressors for classes 1..C from one pass of training-window features. Returns
-    (weight (4C, D), bias (4C,), feature scale, stats); a class without examples
-    predicts zero deltas (keeps its windows)."""
-    xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-    ys: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-    norms, count, dim = 0.0, 0, None
+    """Regressors for classes 1..C from one pass of training-window features (see
+    :class:`RidgeExamples`)."""
+    examples = RidgeExamples(num_classes, coder, s)
     for wf in images:
-        dim = wf.pooled.shape[1]
-        norms += mean_norm(wf.pooled) * len(wf.pooled)
-        count += len(wf.pooled)
-        if wf.num_gt == 0:
-            continue
-        best, which = wf.iou().max(dim=1)
-        for c in range(num_classes):
-            sel = ((best > s.min_iou) & (wf.gt_labels[which] == c + 1)).nonzero().squeeze(1)
-            if len(sel):
-                xs[c].append(wf.pooled[sel])
-                ys[c].append(coder.encode(wf.boxes[which[sel]], wf.boxes[sel]))
-    if dim is None:
-        raise ValueError("no training image to fit the ridge regressors on")
-    scale = s.target_norm / (norms / count) if norms > 0 else 1.0
-    weight = torch.zeros(4 * num_classes, dim)
-    bias = torch.zeros(4 * num_classes)
-    examples = []
-    for c in range(num_classes):
-        examples.append(sum(len(x) for x in xs[c]))
-        if examples[-1] < 2:
-            continue
-        w, b = fit_class_regressor(torch.cat(xs[c]) * scale, torch.cat(ys[c]), s.lam)
-        weight[4 * c:4 * c + 4], bias[4 * c:4 * c + 4] = w, b
-        log.info("ridge box regressor, class %d: %d examples", c + 1, examples[-1])
-    return weight, bias, scale, {"examples": examples, "feature_scale": scale}
+        examples.add(wf)
+    return examples.fit()

@@ -75,8 +75,8 @@ def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
     best = load_checkpoint(best_path)
     load_weights(trainer.model, best["model"])
     stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed)
-    name = " + ".join(n for n, on in (("SVMs", cfg.train.classifier == "svm"),
-                                      ("ridge box regression", cfg.train.bbox_reg == "ridge")) if on)
+    name = " + ".join(n for n, on in (("SVMs", cfg.train.get("classifier") == "svm"),
+                                      ("ridge box regression", cfg.train.get("bbox_reg") == "ridge")) if on)
     best["model"] = trainer.model.state_dict()
     best["stages"] = {"name": name, "seconds": time.perf_counter() - t0, **stats}
     save_checkpoint(best_path, best)
