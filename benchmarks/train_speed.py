@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     try:
-        from spp_det.engine.trainer import Trainer
+        from spp_det.training.trainer import Trainer
     except ImportError:  # the layout before the engine was split, for before/after numbers
         from spp_det.engine.train import Trainer
 

@@ -12,8 +12,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from spp_det.engine.cli import report_errors
-from spp_det.engine.detect_job import detect_job
+from spp_det.jobs.cli import report_errors
+from spp_det.jobs.detect import detect_job
 
 
 @hydra.main(config_path="../configs", config_name="detect", version_base="1.3")

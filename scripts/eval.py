@@ -13,8 +13,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from spp_det.engine.cli import report_errors
-from spp_det.engine.eval_job import evaluate_job
+from spp_det.jobs.cli import report_errors
+from spp_det.jobs.eval import evaluate_job
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")

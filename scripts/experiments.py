@@ -21,8 +21,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from spp_det.engine.eval_job import evaluate_checkpoint
-from spp_det.engine.train_job import train_job
+from spp_det.jobs.eval import evaluate_checkpoint
+from spp_det.jobs.train import train_job
 from spp_det.files import write_atomic
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from spp_det.engine.cli import report_errors
-from spp_det.engine.propose_job import propose_job
+from spp_det.jobs.cli import report_errors
+from spp_det.jobs.propose import propose_job
 
 
 @hydra.main(config_path="../configs", config_name="propose", version_base="1.3")

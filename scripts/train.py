@@ -14,8 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from spp_det.engine.cli import report_errors, run_dir
-from spp_det.engine.train_job import train_job
+from spp_det.jobs.cli import report_errors, run_dir
+from spp_det.jobs.train import train_job
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory, shapes_root) -> Path:
     """A checkpoint from a few training iterations on the tiny shapes set."""
     from hydra import compose, initialize_config_dir
 
-    from spp_det.engine.trainer import Trainer
+    from spp_det.training.trainer import Trainer
     tmp = tmp_path_factory.mktemp("tiny_run")
     overrides = ["model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e", "train.vflip=false",
                  f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8", "dataset.generate.num_test=6",

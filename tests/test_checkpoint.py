@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
+from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
 from spp_det.errors import SppDetError
 
 
@@ -34,7 +34,7 @@ def test_resuming_a_checkpoint_without_per_rank_state_is_a_clear_error(tmp_path,
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT
-    from spp_det.engine.trainer import Trainer
+    from spp_det.training.trainer import Trainer
     old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k not in ("format", "rng", "draws")}
     save_checkpoint(tmp_path / "old.pt", old)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -8,9 +8,9 @@ from pycocotools.cocoeval import COCOeval
 
 from conftest import COCO128, need_shared
 from spp_det.data import CocoDetection
-from spp_det.engine.coco_ap import COCO_STAT_NAMES, coco_evaluate
-from spp_det.engine.detections import from_results, to_results
-from spp_det.engine.evaluate import evaluate
+from spp_det.evaluation.coco_ap import COCO_STAT_NAMES, coco_evaluate
+from spp_det.evaluation.detections import from_results, to_results
+from spp_det.evaluation.evaluate import evaluate
 
 
 def _noisy_results(ds, seed=0):

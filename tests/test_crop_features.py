@@ -3,9 +3,9 @@ import random
 import pytest
 import torch
 
-from spp_det.engine.crop_features import keep_rcnn_windows
-from spp_det.engine.sampling import WindowSampler, label_windows
-from spp_det.engine.trainer import Trainer
+from spp_det.training.crop_features import keep_rcnn_windows
+from spp_det.training.sampling import WindowSampler, label_windows
+from spp_det.training.trainer import Trainer
 from spp_det.errors import SppDetError
 from spp_det.models import RCNN
 

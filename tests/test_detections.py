@@ -7,7 +7,7 @@ import torch
 from conftest import COCO128, need_shared
 from spp_det.data import CocoDetection, load_voc
 from spp_det.data.shapes import SHAPES_CLASSES
-from spp_det.engine.detections import from_results
+from spp_det.evaluation.detections import from_results
 from spp_det.errors import SppDetError
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from spp_det.data import SHAPES_CLASSES, generate_shapes, load_voc, read_image
-from spp_det.engine.features import FeatureCache
+from spp_det.inference.conv_maps import FeatureCache
 from spp_det.models import SPPNet, build_trunk
 
 
@@ -71,7 +71,7 @@ def test_fill_states_the_size_and_refuses_a_disk_too_small(tmp_path, shapes_root
 
     import pytest
 
-    import spp_det.engine.features as features
+    import spp_det.inference.conv_maps as features
     from spp_det.errors import SppDetError
     model = _model()
     ds = load_voc(shapes_root, [("SHAPES", "trainval")], default_classes=SHAPES_CLASSES).take([0, 2])

@@ -3,8 +3,8 @@ import torch
 
 from spp_det.data import load_voc
 from spp_det.data.shapes import SHAPES_CLASSES
-from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from spp_det.engine.inference import detect_dataset
+from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
+from spp_det.inference.predict import detect_dataset
 from spp_det.proposals import ProposalStore, SelectiveSearchConfig
 
 
@@ -23,7 +23,7 @@ def test_workers_give_the_same_detections(tmp_path, shapes_root, tiny_checkpoint
 
 
 def test_inference_workers_search_in_parallel_only_when_windows_are_missing(monkeypatch):
-    from spp_det.engine.loader import inference_workers
+    from spp_det.inference.loader import inference_workers
     monkeypatch.setattr("os.cpu_count", lambda: 6)
     assert inference_workers("auto", "cpu", missing=3) == 6     # cold cache: one search per core
     assert inference_workers("auto", "cpu", missing=0) == 0     # warm on a CPU: the network has the cores

@@ -1,10 +1,9 @@
-import pytest
 import torch
 
 from spp_det.boxes import box_iou
-from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from spp_det.engine.paper_stages import feature_passes
-from spp_det.engine.train_job import train_job
+from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
+from spp_det.paper_stages.fit import feature_passes
+from spp_det.jobs.train import train_job
 from spp_det.data import build_dataset
 from spp_det.proposals import build_proposals
 

@@ -3,8 +3,8 @@ import torch
 from sklearn.linear_model import Ridge
 
 from spp_det.boxes import BoxCoder
-from spp_det.engine.ridge import RidgeSettings, fit_class_regressor, ridge_solve, train_ridge
-from spp_det.engine.window_features import WindowFeatures
+from spp_det.paper_stages.ridge import RidgeSettings, fit_class_regressor, ridge_solve, train_ridge
+from spp_det.paper_stages.window_features import WindowFeatures
 
 
 def test_ridge_solve_equals_the_closed_form_both_ways():

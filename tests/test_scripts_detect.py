@@ -57,7 +57,7 @@ def test_detect_list_names_by_relative_path_and_survives_a_failing_image(tmp_pat
                                                                           monkeypatch, capsys):
     """Two list entries with the same file name in different folders keep apart; an
     unexpected failure on one image is named and the other images' results are written."""
-    from spp_det.engine.detect_job import detect_job
+    from spp_det.jobs.detect import detect_job
     from spp_det.models import SPPNet
     src = shapes_root / "SHAPES" / "JPEGImages"
     for sub, stem in (("x", "000008"), ("y", "000009"), ("z", "000010")):

@@ -97,7 +97,7 @@ def test_eval_rejects_wrong_checkpoint(tmp_path, shapes_root):
 def test_eval_refuses_the_checkpoints_own_training_images(tmp_path, shapes_root, tiny_checkpoint):
     from hydra import compose, initialize_config_dir
 
-    from spp_det.engine.eval_job import evaluate_checkpoint
+    from spp_det.jobs.eval import evaluate_checkpoint
     from spp_det.errors import SppDetError
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("eval", overrides=["dataset=shapes", f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
@@ -119,7 +119,7 @@ def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_
     layout; +dataset.<key> changes one key of it; the VOC devkit result files are written."""
     import shutil
 
-    from spp_det.engine.eval_job import evaluate_checkpoint
+    from spp_det.jobs.eval import evaluate_checkpoint
     cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false")
     metrics = evaluate_checkpoint(cfg, tmp_path / "a")
     assert metrics["metric"] == "voc07" and metrics["num_images"] == 6
@@ -145,7 +145,7 @@ def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_
 
 
 def test_eval_detections_file_needs_a_data_set(tmp_path):
-    from spp_det.engine.eval_job import evaluate_job
+    from spp_det.jobs.eval import evaluate_job
     from spp_det.errors import SppDetError
     with pytest.raises(SppDetError, match="scoring a detections file needs the data set: give dataset=<name>"):
         evaluate_job(_compose_eval(f"detections={tmp_path / 'd.json'}"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from spp_det.engine.solver import build_solver
+from spp_det.training.solver import build_solver
 from spp_det.errors import SppDetError
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from spp_det.engine.checkpoint import load_weights
-from spp_det.engine.svm import ClassSVM, SVMSettings, fit_linear_svm, negatives, train_svms
-from spp_det.engine.window_features import WindowFeatures
+from spp_det.models.checkpoint import load_weights
+from spp_det.paper_stages.svm import ClassSVM, SVMSettings, fit_linear_svm, negatives, train_svms
+from spp_det.paper_stages.window_features import WindowFeatures
 from spp_det.models import SPPNet, build_trunk
 
 

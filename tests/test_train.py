@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from spp_det.engine.loss import detection_loss
-from spp_det.engine.sampling import WindowSampler, label_windows
-from spp_det.engine.trainer import Trainer
+from spp_det.training.loss import detection_loss
+from spp_det.training.sampling import WindowSampler, label_windows
+from spp_det.training.trainer import Trainer
 from spp_det.errors import SppDetError
 from spp_det.proposals import compute_missing
 
@@ -243,8 +243,8 @@ def test_two_process_gloo_training_ranks_differ_and_resume_exactly(tmp_path, sha
 def _ddp_error_worker(rank, world, port, tmp_path, shapes_root, out):
     """Rank 0 meets an error where rank 1 waits for it; then one image fails on rank 1 only."""
     _ddp_env(rank, world, port)
-    import spp_det.engine.training_data as train_mod
-    from spp_det.engine.inference import detect_dataset
+    import spp_det.training.training_data as train_mod
+    from spp_det.inference.predict import detect_dataset
     if rank == 0:
         def broken(*args, **kwargs):
             raise SppDetError("data/proposals: disk full")
@@ -288,8 +288,8 @@ def test_vflip_turns_image_windows_and_targets_upside_down(tmp_path, shapes_root
     import numpy as np
 
     from spp_det.boxes import BoxCoder
-    from spp_det.engine.batches import EndToEndBatches, draw_targets
-    from spp_det.engine.sampling import Draw
+    from spp_det.training.batches import EndToEndBatches, draw_targets
+    from spp_det.training.sampling import Draw
     trainer = Trainer(make_cfg(tmp_path, shapes_root, "train.vflip=true"), tmp_path / "run")
     entries = trainer.prepare_windows(trainer.train_set)
     e = next(x for x in entries if len(x.fg))
@@ -330,10 +330,10 @@ def test_frozen_random_trunk_is_refused(tmp_path, shapes_root):
 
 def test_end_of_training_reports_best_pt(tmp_path, shapes_root, capsys):
     """The README says: use best.pt. The test score printed and written is that file's."""
-    from spp_det.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from spp_det.engine.evaluate import evaluate
-    from spp_det.engine.inference import detect_dataset
-    from spp_det.engine.train_job import train_job
+    from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from spp_det.evaluation.evaluate import evaluate
+    from spp_det.inference.predict import detect_dataset
+    from spp_det.jobs.train import train_job
     from spp_det.data import build_dataset
     cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=6", "train.val_every=2", "train.val_map_images=0",
                    "test_at_end=true", "test_subset=[0,3]", "solver.lr=0.003")

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from spp_det.data import DetectionDataset, Target
-from spp_det.engine.evaluate import evaluate
-from spp_det.engine.voc_ap import devkit_iou, voc_ap, voc_eval_class
+from spp_det.evaluation.evaluate import evaluate
+from spp_det.evaluation.voc_ap import devkit_iou, voc_ap, voc_eval_class
 
 
 def test_devkit_iou_uses_inclusive_pixels():

@@ -17,7 +17,7 @@ class SPPHead(nn.Module):
     (K, C + 1), or with ``classifier`` "svm" the per-class SVM margins (K, C).
     Initialised as Fast R-CNN: classifier N(0, 0.01), regressor N(0, 0.001), zero bias.
 
-    The paper's post-fine-tuning stages, fitted by engine.svm / engine.ridge and used at
+    The paper's post-fine-tuning stages, fitted by paper_stages.svm / paper_stages.ridge and used at
     inference when chosen (``classifier``, ``box_head``): ``svm`` (hidden -> C) on fc7
     features times ``svm_scale``, ``ridge`` (in_features -> 4C) on the pooled (pool5)
     features times ``ridge_scale`` (both scales bring the mean feature norm to 20, as the

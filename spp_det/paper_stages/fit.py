@@ -11,9 +11,9 @@ import torch
 from omegaconf import DictConfig
 
 from ..data import DetectionDataset
+from ..inference.conv_maps import FeatureCache
 from ..models import SPPNet
 from ..proposals import ProposalStore
-from .features import FeatureCache
 from .ridge import RidgeExamples, RidgeSettings
 from .svm import SVMSettings, train_svms
 from .window_features import WindowFeatures, training_features

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import SppDetError
+from .errors import SppDetError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Mini-batch plans -> tensors, one builder per training regime.
 
 Both are ``torch.utils.data.Dataset``s indexed by a plan (a list of
-:class:`~spp_det.engine.sampling.Draw`), so a DataLoader's worker processes load the next
+:class:`~spp_det.training.sampling.Draw`), so a DataLoader's worker processes load the next
 batches while the main process trains on this one:
 
 - :class:`FrozenBatches` (the paper's frozen trunk): each window's conv map at its scale,
@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from ..boxes import BoxCoder, flip_boxes, vflip_boxes
 from ..data import DetectionDataset
 from ..errors import SppDetError
+from ..inference.conv_maps import FeatureReader
 from ..models import FeatureMap, SPPNet, resize_image
-from .features import FeatureReader
 from .sampling import Draw, ImageWindows
 
 

@@ -12,13 +12,13 @@ import torch
 from omegaconf import DictConfig
 
 from ..data import DetectionDataset
+from ..distributed import on_rank0
 from ..errors import SppDetError
+from ..inference.conv_maps import FeatureCache
 from ..models import SPPNet
 from ..proposals import ProposalStore, SelectiveSearchConfig, compute_missing
 from .batches import CropBatches, EndToEndBatches, FrozenBatches
 from .crop_features import crop_features, keep_rcnn_windows
-from .distributed import on_rank0
-from .features import FeatureCache
 from .sampling import ImageWindows, label_windows
 
 

@@ -10,9 +10,9 @@ import numpy as np
 from ..boxes import xyxy_to_voc
 from ..data import CocoDetection, DetectionDataset
 from ..errors import SppDetError
-from .coco_ap import coco_evaluate
 from ..files import write_json_atomic
 from ..visualize import plot_pr_curves
+from .coco_ap import coco_evaluate
 from .detections import to_results
 from .voc_ap import ClassResult, voc_eval_class
 

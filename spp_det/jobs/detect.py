@@ -15,13 +15,13 @@ from tqdm import tqdm
 
 from ..data import list_images, output_names
 from ..errors import SppDetError
+from ..evaluation.detections import image_results
 from ..files import write_json_atomic
+from ..inference.loader import Files, inference_workers, loader_kwargs
+from ..inference.predict import configure_inference, runner_for
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..proposals import build_proposals
 from ..visualize import draw_detections
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .detections import image_results
-from .inference import configure_inference, runner_for
-from .loader import Files, inference_workers, loader_kwargs
 
 log = logging.getLogger(__name__)
 

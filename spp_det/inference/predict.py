@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DetectionDataset
+from ..distributed import gather_lists
 from ..errors import SppDetError
 from ..models import RCNN, SPPNet
 from ..proposals import ProposalStore, SelectiveSearchConfig
-from .distributed import gather_lists
 from .loader import Images, loader_kwargs
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from ..errors import SppDetError
 from ..files import save_torch_atomic
-from ..models import SPPNet, build_detector
-from ..models.backbones import load_torch_file
+from . import SPPNet, build_detector
+from .backbones import load_torch_file
 
 FORMAT = "spp_det/1"
 

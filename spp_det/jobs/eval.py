@@ -14,17 +14,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..boxes import xyxy_to_voc
 from ..data import CocoDetection, DetectionDataset, build_dataset
+from ..distributed import init_distributed
 from ..errors import SppDetError
+from ..evaluation.detections import from_results, load_results, to_results
+from ..evaluation.evaluate import score_and_report
 from ..files import write_atomic, write_json_atomic
+from ..inference.loader import inference_workers
+from ..inference.predict import configure_inference, detect_dataset, report_failures, runner_for
 from ..models import RCNN
+from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..proposals import build_proposals
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import run_dir
-from .detections import from_results, load_results, to_results
-from .distributed import init_distributed
-from .evaluate import score_and_report
-from .inference import configure_inference, detect_dataset, report_failures, runner_for
-from .loader import inference_workers
 
 log = logging.getLogger(__name__)
 

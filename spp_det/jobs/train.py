@@ -8,17 +8,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..data import build_dataset
+from ..distributed import on_rank0
+from ..evaluation.detections import to_results
+from ..evaluation.evaluate import score_and_report
 from ..files import write_json_atomic
+from ..inference.predict import detect_dataset, report_failures
 from ..models import RCNN
+from ..models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from ..paper_stages.fit import fit_paper_stages
 from ..proposals import compute_missing
+from ..training.trainer import Trainer
 from ..visualize import plot_training
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .detections import to_results
-from .distributed import on_rank0
-from .evaluate import score_and_report
-from .inference import detect_dataset, report_failures
-from .paper_stages import fit_paper_stages
-from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 

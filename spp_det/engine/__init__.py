@@ -1,1 +1,0 @@
-"""Jobs built on the models and data: training, inference, evaluation, checkpoints."""

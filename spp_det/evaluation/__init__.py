@@ -1,0 +1,1 @@
+"""Scoring detections: the VOC devkit's AP, COCO AP through pycocotools, results files."""
