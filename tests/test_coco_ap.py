@@ -86,3 +86,27 @@ def test_per_class_ap_follows_the_users_class_order():
     assert list(metrics["AP"]) == ["dog", "person"]
     assert metrics["AP"]["dog"] == pytest.approx(direct["dog"], abs=2e-3)
     assert metrics["AP"]["person"] == pytest.approx(direct["person"], abs=2e-3)
+
+
+def test_scores_are_not_rounded_before_scoring():
+    """Every person box found exactly at 0.999999, one false positive on the first image at
+    0.999996: rounded to 5 decimals both were 1.0 and the tie went by image order, putting
+    the false positive first. pycocotools on the exact scores: AP 1.0."""
+    need_shared(COCO128)
+    ds = CocoDetection(COCO128 / "train2017", COCO128 / "annotations" / "instances_train2017.json",
+                       classes=["person"])
+    anns = [a for a in ds.coco.dataset["annotations"] if a["category_id"] == 1]
+    first = min(a["image_id"] for a in anns)
+    results = [{"image_id": first, "category_id": 1, "bbox": [0, 0, 3, 3], "score": 0.999996}]
+    results += [{"image_id": a["image_id"], "category_id": 1, "bbox": list(a["bbox"]), "score": 0.999999}
+                for a in anns]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(ds.coco, ds.coco.loadRes(results), "bbox")
+        ev.params.catIds = [1]
+        ev.evaluate(); ev.accumulate(); ev.summarize()
+    assert ev.stats[1] == pytest.approx(1.0)  # AP50: the oracle ranks the false positive last
+    metrics, _ = evaluate(ds, from_results(ds, results), "coco")
+    assert metrics["stats"]["AP50"] == pytest.approx(1.0, abs=1e-9)
+    assert metrics["mAP"] == pytest.approx(ev.stats[0], abs=1e-6)
+    written = to_results(ds, from_results(ds, results))
+    assert sorted(r["score"] for r in written)[0] == pytest.approx(0.999996, abs=1e-7)

@@ -32,3 +32,38 @@ def test_cosine_schedule_with_warmup():
     assert _lrs(schedule="cosine") == pytest.approx(expected)
     with pytest.raises(SppDetError, match="solver.schedule 'linear': use step or cosine"):
         _lrs(schedule="linear")
+
+
+def _schedule(solver: str, train: str = "paper"):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from spp_det.training.solver import param_groups
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"solver={solver}", f"train={train}"])
+    net = torch.nn.Linear(3, 2)
+    groups = param_groups(net.named_parameters(), cfg.solver.lr, cfg.solver.weight_decay,
+                          cfg.train.get("bias_lr_mult", 1.0), cfg.train.get("bias_decay_mult", 1.0))
+    opt, sched = build_solver(groups, cfg.solver)
+    return cfg, opt, lambda it: [g["initial_lr"] * sched.lr_lambdas[k](it) for k, g in enumerate(opt.param_groups)]
+
+
+def test_solver_paper_is_the_papers_schedule():
+    # Sec. 4: 1e-4 for 250k mini-batches, then 1e-5 for 50k; momentum 0.9, weight decay 5e-4
+    cfg, opt, lr = _schedule("paper")
+    assert cfg.solver.max_iter == 300_000 and cfg.solver.name == "sgd"
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
+    for it, want in ((0, 1e-4), (249_999, 1e-4), (250_000, 1e-5), (299_999, 1e-5)):
+        assert lr(it)[0] == pytest.approx(want, rel=1e-12), it
+
+
+def test_solver_released_is_the_prototxt_with_its_bias_rules():
+    # pascal_finetune_fc_spm_solver.prototxt: vstep 1e-3, 1e-4, 1e-5 for 30k each; the net's
+    # biases: blobs_lr 2, weight_decay 0; its loss: softmax only
+    cfg, opt, lr = _schedule("released", "released")
+    assert cfg.solver.max_iter == 90_000 and cfg.train.box_loss_weight == 0.0
+    weights, biases = opt.param_groups
+    assert weights["weight_decay"] == 5e-4 and biases["weight_decay"] == 0.0
+    for it, want in ((0, 1e-3), (29_999, 1e-3), (30_000, 1e-4), (59_999, 1e-4), (60_000, 1e-5), (89_999, 1e-5)):
+        w, b = lr(it)
+        assert w == pytest.approx(want, rel=1e-12) and b == pytest.approx(2 * want, rel=1e-12), it

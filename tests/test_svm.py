@@ -106,3 +106,32 @@ def test_svm_scores_replace_the_softmax_and_travel_in_checkpoints():
     assert other.head.classifier == "svm" and torch.allclose(other.head(x)[0], scores)
     with pytest.raises(ValueError, match="this model has no ridge regressors"):
         other.head.use("svm", "ridge")
+
+
+def test_a_class_without_positives_is_never_detected():
+    """Class 2 has no positive in any image: its SVM is never trained. It used to stay at
+    w = 0, b = 0, i.e. probability 0.5 for every window, filling the max_per_image cap."""
+    from spp_det.models.postprocess import postprocess_detections
+
+    rng = np.random.default_rng(0)
+    images = [toy_image(i, rng) for i in range(4)]
+    weight, bias, scale, stats = train_svms(lambda epoch: iter(images), 2, 2, SVMSettings(C=1.0, target_norm=3.0))
+    assert stats["learned"] == [True, False] and stats["positives"] == [4, 0]
+    torch.manual_seed(0)
+    net = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 2, hidden=2, scales=(224,)).eval()
+    net.head.set_svm(weight, bias, scale, torch.tensor(stats["learned"]))
+    net.head.use("svm", "learned")
+    margins = torch.tensor([[4.0, 0.0], [-3.0, 0.0], [0.5, 0.0]])  # class 2's margin is 0 everywhere
+    probs = net.class_probs(margins)
+    assert probs[:, 2].tolist() == [0.0, 0.0, 0.0]
+    assert torch.allclose(probs[:, 1], torch.sigmoid(margins[:, 0]))
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]).unsqueeze(1).repeat(1, 2, 1)
+    det = postprocess_detections(probs, boxes, 0.001, 0.3, 100)
+    assert det["labels"].tolist() == [1, 1, 1]
+    # a checkpoint written before the mark: an all-zero SVM row is read as never trained
+    old = {k: v for k, v in net.state_dict().items() if k != "head.svm_learned"}
+    old["head.svm.weight"][1], old["head.svm.bias"][1] = 0.0, 0.0
+    other = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 2, hidden=2, scales=(224,)).eval()
+    load_weights(other, old)
+    assert other.head.svm_learned.tolist() == [True, False]
+    assert other.class_probs(margins)[:, 2].tolist() == [0.0, 0.0, 0.0]

@@ -419,3 +419,23 @@ def test_loader_workers_train_exactly_as_in_process_loading(tmp_path, shapes_roo
         runs[workers] = trainer.model.state_dict()
     for k, v in runs[0].items():
         assert torch.equal(v, runs[2][k]), k
+
+
+def test_a_class_without_training_windows_is_never_detected():
+    """The softmax never sees class 'b' (no foreground window of it): marked unlearned, it
+    scores 0 at inference whatever its logit; the learned classes keep their softmax."""
+    from types import SimpleNamespace
+
+    from spp_det.models import SPPNet, build_trunk
+    from spp_det.training.sampling import ImageWindows
+    net = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 3, hidden=8, scales=(224,)).eval()
+    entries = [ImageWindows(0, 100, torch.zeros(3, 4), torch.tensor([1, 0, 3]), torch.zeros(3, dtype=torch.long),
+                            torch.zeros(1, 4)),
+               ImageWindows(1, 100, torch.zeros(2, 4), torch.tensor([-1, 1]), torch.zeros(2, dtype=torch.long),
+                            torch.zeros(1, 4))]
+    Trainer.mark_learned_classes(SimpleNamespace(classes=["a", "b", "c"], model=net, rank=0), entries)
+    assert net.head.learned.tolist() == [True, False, True]
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
+    probs = net.class_probs(logits)
+    soft = torch.softmax(logits, dim=1)
+    assert probs[0, 2] == 0.0 and torch.allclose(probs[0, [0, 1, 3]], soft[0, [0, 1, 3]])

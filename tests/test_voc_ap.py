@@ -69,3 +69,23 @@ def test_dataset_level_evaluation_with_missing_class():
     assert evaluate(ds, dets, "voc10")[0]["AP"]["a"] == 1.0
     dets[0]["boxes"] = torch.tensor([[0.0, 0, 10, 4.9]])
     assert evaluate(ds, dets, "voc10")[0]["AP"]["a"] == 0.0
+
+
+def test_voc07_thresholds_are_matlabs_colon():
+    # VOCevaldet.m: for t=0:0.1:1. MATLAB computes the upper half of a colon range from its
+    # end point, so 0.6, 0.7, 0.8, 0.9 are exact; the lower half is 0 + k*0.1 (0.3 is not).
+    from spp_det.evaluation.voc_ap import VOC07_RECALL_THRESHOLDS
+    assert VOC07_RECALL_THRESHOLDS.tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5,
+                                                0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def test_recall_exactly_on_a_threshold_counts_as_the_devkit():
+    # 5 positives, detections TP TP FP TP FP TP: recall .2 .4 .4 .6 .6 .8 (3/5 == 0.6 exactly),
+    # precision 1 1 2/3 3/4 3/5 2/3. Devkit: t = 0..0.4 -> 1 (5 points), t = .5 -> 3/4,
+    # t = .6 -> 3/4 (recall 0.6 >= 0.6), t = .7, .8 -> 2/3, t = .9, 1 -> 0.
+    gt = [np.array([[1, 1, 10, 10], [21, 1, 30, 10], [41, 1, 50, 10], [61, 1, 70, 10], [81, 1, 90, 10]], float)]
+    boxes = np.array([[1, 1, 10, 10], [21, 1, 30, 10], [200, 200, 210, 210], [41, 1, 50, 10],
+                      [300, 300, 310, 310], [61, 1, 70, 10]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    r = voc_eval_class(np.zeros(6, int), scores, boxes, gt, [np.zeros(5, bool)], use_07_metric=True)
+    assert r.ap == pytest.approx((5 * 1.0 + 0.75 + 0.75 + 2 * (2 / 3)) / 11, abs=1e-12)  # 0.71212

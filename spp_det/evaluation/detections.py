@@ -30,18 +30,23 @@ def category_ids(dataset: DetectionDataset) -> list:
     return [None] + list(dataset.classes)
 
 
-def image_results(image_id: str | int, det: dict, cats: list) -> list[dict]:
-    """One image's detections -> results entries; ``cats[label]`` is the category_id."""
+def image_results(image_id: str | int, det: dict, cats: list, for_disk: bool = True) -> list[dict]:
+    """One image's detections -> results entries; ``cats[label]`` is the category_id.
+    Scores keep full precision always: rounded, near-equal scores tie (every softmax score
+    above 0.999995 became 1.0) and ties are broken by image order, which changes AP.
+    ``for_disk`` rounds box coordinates to 0.01 px (smaller files), never the score."""
     xywh = xyxy_to_xywh(det["boxes"]).tolist()
-    return [{"image_id": image_id, "category_id": cats[label], "bbox": [round(v, 2) for v in box],
-             "score": round(float(score), 5)}
+    return [{"image_id": image_id, "category_id": cats[label],
+             "bbox": [round(v, 2) for v in box] if for_disk else box, "score": float(score)}
             for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist())]
 
 
-def to_results(dataset: DetectionDataset, detections: list[dict]) -> list[dict]:
-    """Per-image detections (aligned with ``dataset.targets``) -> results list."""
+def to_results(dataset: DetectionDataset, detections: list[dict], for_disk: bool = True) -> list[dict]:
+    """Per-image detections (aligned with ``dataset.targets``) -> results list
+    (``for_disk=False``: unrounded boxes, for scoring in memory)."""
     cats = category_ids(dataset)
-    return [r for target, det in zip(dataset.targets, detections) for r in image_results(target.image_id, det, cats)]
+    return [r for target, det in zip(dataset.targets, detections)
+            for r in image_results(target.image_id, det, cats, for_disk)]
 
 
 def _known_categories(dataset: DetectionDataset) -> set:

@@ -63,7 +63,7 @@ def evaluate(dataset: DetectionDataset, detections: list[dict], metric: str) -> 
         if not isinstance(dataset, CocoDetection):
             raise SppDetError(f"metric 'coco' needs a COCO-format data set, '{dataset.name}' is not")
         cat_ids = dataset.label_to_cat[1:]
-        stats, per_cat, summary = coco_evaluate(dataset.coco, to_results(dataset, detections),
+        stats, per_cat, summary = coco_evaluate(dataset.coco, to_results(dataset, detections, for_disk=False),
                                                 [t.image_id for t in dataset.targets], cat_ids)
         names = dict(zip(cat_ids, dataset.classes))
         aps = {names[c]: (None if math.isnan(v) else v) for c, v in per_cat.items()}

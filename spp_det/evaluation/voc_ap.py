@@ -13,12 +13,32 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def matlab_colon(a: float, step: float, b: float) -> np.ndarray:
+    """MATLAB's ``a:step:b`` value for value: the first half is a + k*step, the second
+    half b - k*step counted from the end, the middle element (odd count) (a + b) / 2.
+    ``np.linspace(0, 1, 11)`` differs from ``0:0.1:1`` at 0.6 and 0.7 (0.6000000000000001,
+    0.7000000000000001), which loses a recall that lands exactly on 0.6 or 0.7."""
+    n = int(np.floor((b - a) / step + 1e-10))
+    out = np.empty(n + 1)
+    half = n // 2
+    for k in range(half + 1):
+        out[k] = a + k * step
+        out[n - k] = b - k * step
+    if n % 2 == 0:
+        out[half] = (a + b) / 2
+    return out
+
+
+# the devkit's VOCevaldet.m loops ``for t=0:0.1:1``
+VOC07_RECALL_THRESHOLDS = matlab_colon(0.0, 0.1, 1.0)
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
     """AP from a PR curve. VOC2007: mean of the max precision at recall >= t for the 11
-    t in {0, 0.1, ..., 1}. VOC2010+: area under the monotone (max-to-the-right) curve."""
+    t of MATLAB's 0:0.1:1. VOC2010+: area under the monotone (max-to-the-right) curve."""
     if use_07_metric:
         ap = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
+        for t in VOC07_RECALL_THRESHOLDS:
             p = precision[recall >= t]
             ap += (p.max() if p.size else 0.0) / 11.0
         return float(ap)

@@ -34,6 +34,20 @@ def configure_inference(model: SPPNet, node) -> None:
             raise SppDetError(f"classifier={classifier} bbox_reg={box_head}: {exc}") from exc
 
 
+def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, score_thresh: float,
+                       nms_thresh: float, max_per_image: int, max_windows: int | None,
+                       svd_rank: list[int] | None) -> dict:
+    """Everything that changes a detector's numbers, for metrics.json: the arithmetic
+    (precision, SVD ranks), test scales and flip, classifier and box regressor, windows
+    scored, thresholds, and the mode."""
+    net = model.detector if isinstance(model, RCNN) else model
+    return {"mode": "rcnn" if isinstance(model, RCNN) else "spp", "precision": net.precision,
+            "svd_rank": list(svd_rank) if svd_rank else None,
+            "test_scales": list(scales or net.scales), "test_flip": bool(net.test_flip),
+            "classifier": net.head.classifier, "bbox_reg": net.head.box_head, "max_windows": max_windows,
+            "score_thresh": float(score_thresh), "nms_thresh": float(nms_thresh), "max_per_image": int(max_per_image)}
+
+
 def runner_for(model: SPPNet, ckpt: dict, rcnn: bool | None) -> SPPNet | RCNN:
     """What runs a checkpoint's model: R-CNN mode when ``rcnn`` says so, or (None) when
     the checkpoint was trained in it (``train.rcnn``), else SPP-net itself."""

@@ -13,14 +13,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..boxes import xyxy_to_voc
-from ..data import CocoDetection, DetectionDataset, build_dataset
+from ..data import CocoDetection, DetectionDataset, build_dataset, image_digest
 from ..distributed import init_distributed
 from ..errors import SppDetError
 from ..evaluation.detections import from_results, load_results, to_results
 from ..evaluation.evaluate import score_and_report
 from ..files import write_atomic, write_json_atomic
 from ..inference.loader import inference_workers
-from ..inference.predict import configure_inference, detect_dataset, report_failures, runner_for
+from ..inference.predict import (configure_inference, detect_dataset, inference_settings, report_failures,
+                                 runner_for)
 from ..models import RCNN
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..proposals import build_proposals
@@ -55,16 +56,19 @@ def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
                           f"'{dataset.name}' classes {dataset.classes} (wrong checkpoint or dataset?)")
 
 
-def write_voc_submission(dataset: DetectionDataset, detections: list[dict], split: str, out_dir: Path) -> Path:
-    """The devkit's result files, ``results/<set>/Main/comp4_det_<split>_<class>.txt``: one
-    line ``<image id> <score> <xmin> <ymin> <xmax> <ymax>`` per detection, in VOC's
-    1-based pixel coordinates (what the evaluation server reads). Returns the folder."""
-    folder = out_dir / "results" / "VOC" / "Main"
+def write_voc_submission(dataset: DetectionDataset, detections: list[dict], split: str, out_dir: Path,
+                         year_dir: str) -> Path:
+    """The devkit's result files, ``results/<year_dir>/Main/comp4_det_<split>_<class>.txt``
+    (``year_dir``: VOC2007, VOC2012, ... where the devkit and the evaluation server look):
+    one line ``<image id> <score> <xmin> <ymin> <xmax> <ymax>`` per detection, in VOC's
+    1-based pixel coordinates. Returns the folder."""
+    folder = out_dir / "results" / year_dir / "Main"
     lines: dict[int, list[str]] = {label: [] for label in range(1, len(dataset.classes) + 1)}
     for target, det in zip(dataset.targets, detections):
         for box, score, label in zip(xyxy_to_voc(det["boxes"]).tolist(), det["scores"].tolist(),
                                      det["labels"].tolist()):
-            lines[label].append(f"{target.image_id} {score:.6f} " + " ".join(f"{v:.1f}" for v in box))
+            # 10 decimals keep every float32 score distinct (rounded scores would tie)
+            lines[label].append(f"{target.image_id} {score:.10f} " + " ".join(f"{v:.1f}" for v in box))
     for label, rows in lines.items():
         write_atomic(folder / f"comp4_det_{split}_{dataset.classes[label - 1]}.txt",
                      "".join(r + "\n" for r in rows).encode())
@@ -99,11 +103,16 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
     if not isinstance(dataset, CocoDetection):
-        print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir)}")
+        year_dir = node.splits[cfg.split][0].dir  # the split's first VOCdevkit folder, e.g. VOC2007
+        print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir, year_dir)}")
     print(f"{'R-CNN' if rcnn else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
     metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot,
-                               extra={"checkpoint": str(cfg.checkpoint), "mode": "rcnn" if rcnn else "spp",
+                               extra={"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),
+                                      "iteration": ckpt.get("iteration"), "stages": ckpt.get("stages", {}).get("name"),
+                                      **inference_settings(runner, scales, cfg.test.score_thresh, cfg.test.nms_thresh,
+                                                           cfg.test.max_per_image, cfg.test.get("max_windows"),
+                                                           cfg.test.get("svd_rank")),
                                       "failed_images": failures, **timing})
     report_failures(failures)
     return metrics

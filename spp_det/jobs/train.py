@@ -7,12 +7,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..data import build_dataset
+from ..data import build_dataset, image_digest
 from ..distributed import on_rank0
 from ..evaluation.detections import to_results
 from ..evaluation.evaluate import score_and_report
 from ..files import write_json_atomic
-from ..inference.predict import detect_dataset, report_failures
+from ..inference.predict import detect_dataset, inference_settings, report_failures
 from ..models import RCNN
 from ..models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from ..paper_stages.fit import fit_paper_stages
@@ -47,6 +47,7 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     best = load_checkpoint(best_path)
     model = trainer.model
     load_weights(model, best["model"])
+    model.set_precision("float32")  # the model's number, not the machine's (bf16 only when asked, in eval)
     weights = f"best.pt, iteration {best['iteration']}" + (f", {best['stages']['name']}" if "stages" in best else "")
     store, ss = trainer.store, trainer.ss
     on_rank0(lambda: compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers")),
@@ -58,7 +59,10 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(test_set, dets))
     metrics = score_and_report(test_set, dets, cfg.dataset.metric, out_dir,
-                               extra={"weights": weights, "train_seconds": train_s,
+                               extra={"weights": weights, "checkpoint_sha1": image_digest(best_path),
+                                      "iteration": best["iteration"], "stages": best.get("stages", {}).get("name"),
+                                      **inference_settings(runner, None, 0.001, 0.3, 100, None, None),
+                                      "train_seconds": train_s,
                                       "total_seconds": time.perf_counter() - t0, "failed_images": failures,
                                       **timing})
     print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f} ({weights})  "

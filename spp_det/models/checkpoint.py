@@ -2,6 +2,7 @@
 loadable without the training config."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from . import SPPNet, build_detector
 from .backbones import load_torch_file
 
 FORMAT = "spp_det/1"
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -44,7 +46,19 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
             raise SppDetError(f"{path or 'checkpoint'}: trained with {key} {ckpt[key]}, but its model config now "
                               f"builds {value}: this checkpoint does not fit this version of the code")
     load_weights(model, ckpt["model"])
+    warn_unlearned(model, list(ckpt["classes"]), str(path or "checkpoint"))
     return model.to(device).eval()
+
+
+def warn_unlearned(model: SPPNet, classes: list[str], where: str) -> list[str]:
+    """Warn once, naming them, about classes the active classifier never learned (they
+    are never detected). Returns their names."""
+    head = model.head
+    names = [c for c, ok in zip(classes, head.scored_classes().tolist()) if not ok]
+    if names:
+        what = "SVM (no positives or no negatives)" if head.classifier == "svm" else "training window"
+        log.warning("%s: class(es) %s had no %s: never detected", where, ", ".join(names), what)
+    return names
 
 
 def load_weights(model: SPPNet, state: dict[str, torch.Tensor]) -> None:
@@ -58,7 +72,12 @@ def load_weights(model: SPPNet, state: dict[str, torch.Tensor]) -> None:
         head.set_ridge(state["head.ridge.weight"], state["head.ridge.bias"], float(state["head.ridge_scale"]))
     # checkpoints from before the paper's stages existed lack their scales
     own = model.state_dict()
-    state = {**{k: own[k] for k in ("head.svm_scale", "head.ridge_scale")}, **state}
+    defaults = {k: own[k] for k in ("head.svm_scale", "head.ridge_scale", "head.learned", "head.svm_learned")}
+    if "head.svm.weight" in state and "head.svm_learned" not in state:
+        # written before unlearned classes were marked: an SVM left at w = 0, b = 0 was
+        # never trained (it scored 0.5 everywhere)
+        defaults["head.svm_learned"] = (state["head.svm.weight"] != 0).any(dim=1) | (state["head.svm.bias"] != 0)
+    state = {**defaults, **state}
     model.load_state_dict(state)
     head.use("svm" if head.svm is not None else "softmax", "ridge" if head.ridge is not None else "learned")
 

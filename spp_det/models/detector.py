@@ -265,10 +265,16 @@ class SPPNet(nn.Module):
     def class_probs(self, scores: torch.Tensor) -> torch.Tensor:
         """(K, C + 1) scores in [0, 1] from the head's output: the softmax, or for SVMs
         each class's margin through a logistic (a monotone map shared by every class, so
-        rankings, hence NMS and AP, are the margins'; the background column is 0)."""
+        rankings, hence NMS and AP, are the margins'; the background column is 0). A class
+        the classifier never learned scores 0 (below any score threshold)."""
         if self.head.classifier == "svm":
-            return torch.cat([scores.new_zeros((len(scores), 1)), torch.sigmoid(scores)], dim=1)
-        return torch.softmax(scores, dim=1)
+            probs = torch.cat([scores.new_zeros((len(scores), 1)), torch.sigmoid(scores)], dim=1)
+        else:
+            probs = torch.softmax(scores, dim=1)
+        learned = self.head.scored_classes().to(probs.device)
+        if not bool(learned.all()):  # a class never learned is never detected (heads.SPPHead)
+            probs[:, 1:][:, ~learned] = 0.0
+        return probs
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...] | None = None,

@@ -40,13 +40,28 @@ class SPPHead(nn.Module):
         self.ridge: nn.Linear | None = None
         self.register_buffer("svm_scale", torch.ones(()))
         self.register_buffer("ridge_scale", torch.ones(()))
+        # classes 1..C the softmax / the SVMs learned (had training windows / positives and
+        # negatives): a class never learned scores 0 at inference, never e.g. an SVM's
+        # margin 0 -> 0.5 for every window of every image
+        self.register_buffer("learned", torch.ones(num_classes, dtype=torch.bool))
+        self.register_buffer("svm_learned", torch.ones(num_classes, dtype=torch.bool))
         self.classifier = "softmax"
         self.box_head = "learned"
 
-    def set_svm(self, weight: torch.Tensor, bias: torch.Tensor, scale: float) -> None:
-        """Per-class SVMs: weight (C, hidden), bias (C,); fc7 features are multiplied by scale."""
+    def set_svm(self, weight: torch.Tensor, bias: torch.Tensor, scale: float,
+                learned: torch.Tensor | None = None) -> None:
+        """Per-class SVMs: weight (C, hidden), bias (C,); fc7 features are multiplied by
+        scale. ``learned`` (C,) bool: the classes that had an SVM trained (None: a class
+        whose weights and bias are all zero was never trained)."""
         self.svm = _linear(weight, bias).to(self.fc7.weight.device)
         self.svm_scale.fill_(float(scale))
+        if learned is None:
+            learned = (weight != 0).any(dim=1) | (bias != 0)
+        self.svm_learned.copy_(learned)
+
+    def scored_classes(self) -> torch.Tensor:
+        """(C,) bool: the classes the active classifier learned (the others score 0)."""
+        return self.svm_learned if self.classifier == "svm" else self.learned
 
     def set_ridge(self, weight: torch.Tensor, bias: torch.Tensor, scale: float) -> None:
         """Ridge box regressors: weight (4C, in_features), bias (4C,) in the box coder's

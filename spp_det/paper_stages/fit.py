@@ -4,6 +4,7 @@ SVMs on fc7 (``train.classifier=svm``) and ridge box regressors on pool5
 stored in its head, so checkpoints carry them."""
 from __future__ import annotations
 
+import logging
 import random
 from typing import Iterator
 
@@ -17,6 +18,8 @@ from ..proposals import ProposalStore
 from .ridge import RidgeExamples, RidgeSettings
 from .svm import SVMSettings, train_svms
 from .window_features import WindowFeatures, training_features
+
+log = logging.getLogger(__name__)
 
 
 def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
@@ -63,12 +66,19 @@ def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalSt
             s = SVMSettings(**tc.svm)
             weight, bias, scale, stats["svm"] = train_svms(passes_feeding_ridge, model.num_classes,
                                                            model.head.fc7.out_features, s)
-            model.head.set_svm(weight, bias, scale)
+            model.head.set_svm(weight, bias, scale, torch.tensor(stats["svm"]["learned"]))
+            missed = [c for c, ok in zip(dataset.classes, stats["svm"]["learned"]) if not ok]
+            if missed:
+                log.warning("SVMs: no positives or no negatives for %s: never detected with classifier=svm",
+                            ", ".join(missed))
         elif ridge is not None:
             for wf in passes(0):
                 ridge.add(wf)
         if ridge is not None:
             weight, bias, scale, stats["ridge"] = ridge.fit()
+            few = [c for c, n in zip(dataset.classes, stats["ridge"]["examples"]) if n < 2]
+            if few:
+                log.warning("ridge: fewer than 2 examples for %s: their windows keep their own boxes", ", ".join(few))
             model.head.set_ridge(weight, bias, scale)
     model.head.use("svm" if model.head.svm is not None else "softmax",
                    "ridge" if model.head.ridge is not None else "learned")

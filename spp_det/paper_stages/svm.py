@@ -75,6 +75,7 @@ class ClassSVM:
         self.keys: list[tuple[int, int]] = []
         self.cached: set[tuple[int, int]] = set()
         self.new_since_retrain = 0
+        self.trained = False  # an SVM was fitted (it had positives and negatives)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w + self.b
@@ -94,8 +95,9 @@ class ClassSVM:
     def retrain(self, s: SVMSettings) -> None:
         pos = np.concatenate(self.pos) if self.pos else np.zeros((0, len(self.w)), dtype=np.float32)
         if len(pos) == 0 or len(self.neg) == 0:
-            return  # a class without positives (or negatives) keeps w = 0: scores 0 everywhere
+            return  # a class without positives (or negatives) stays untrained: never detected
         self.w, self.b = fit_linear_svm(pos, self.neg, s.C, s.pos_weight, s.bias_multiplier)
+        self.trained = True
         easy = self.scores(self.neg) < s.evict_margin
         if easy.any():
             self.neg = self.neg[~easy]
@@ -118,7 +120,7 @@ def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: i
     """SVMs for classes 1..C. ``passes(epoch)`` yields the training images' features, a
     fresh pass each call (epoch 0 collects the positives and the feature norm; mining
     epochs 1, 2, ... may order the images differently). Returns (weight (C, dim), bias (C,),
-    feature scale, stats)."""
+    feature scale, stats); ``stats["learned"]``: which classes had an SVM fitted."""
     svms = [ClassSVM(dim) for _ in range(num_classes)]
     norms, count = 0.0, 0
     for wf in passes(0):
@@ -149,7 +151,8 @@ def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: i
             break
     weight = torch.from_numpy(np.stack([svm.w for svm in svms]))
     bias = torch.tensor([svm.b for svm in svms], dtype=torch.float32)
-    stats = {"positives": [int(sum(len(p) for p in svm.pos)) for svm in svms],
+    learned = torch.tensor([svm.trained for svm in svms])
+    stats = {"learned": learned.tolist(), "positives": [int(sum(len(p) for p in svm.pos)) for svm in svms],
              "negatives_cached": [len(svm.neg) for svm in svms], "added_per_epoch": added_per_epoch,
              "feature_scale": scale}
     return weight, bias, scale, stats

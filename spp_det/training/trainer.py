@@ -31,7 +31,7 @@ from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .hooks import Checkpointer, Progress, RunLog, Validator, report_skipped
 from .loss import detection_loss
 from .sampling import ImageWindows, WindowSampler, draw_rng, split_train_val
-from .solver import build_solver
+from .solver import build_solver, param_groups
 from .training_data import build_batches, check_frozen_trunk, prepare_windows
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ class Trainer:
         self.store, self.ss = build_proposals(cfg.proposals)
         self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model,
                                                                 memory_mb=tc.get("feature_memory_mb", 1024))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_solver(params, cfg.solver)
+        groups = param_groups(self.model.named_parameters(), cfg.solver.lr, cfg.solver.weight_decay,
+                              tc.get("bias_lr_mult", 1.0), tc.get("bias_decay_mult", 1.0))
+        self.optimizer, self.scheduler = build_solver(groups, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if torch.distributed.is_initialized() else None)
         # The model above was initialised from the same seed on every rank; from here each
@@ -78,6 +79,18 @@ class Trainer:
     def prepare_windows(self, dataset: DetectionDataset) -> list[ImageWindows]:
         return prepare_windows(dataset, self.store, self.ss, self.cfg.train, self.rank, self.world,
                                self.cfg.get("workers"), self.skip_image)
+
+    def mark_learned_classes(self, entries: list[ImageWindows]) -> None:
+        """The softmax never sees a class without foreground windows: it is marked
+        unlearned in the head (scores 0 at inference, never outscoring a learned class) and
+        named once in the log."""
+        seen = torch.zeros(len(self.classes) + 1, dtype=torch.bool)
+        for e in entries:
+            seen[e.labels[e.labels > 0]] = True
+        self.model.head.learned.copy_(seen[1:])
+        missing = [c for c, ok in zip(self.classes, seen[1:].tolist()) if not ok]
+        if missing and self.rank == 0:
+            log.warning("no training window of class(es) %s: never detected", ", ".join(missing))
 
     def skip_image(self, path, reason: str) -> None:
         """Leave one image out of training, named once in the log (counted at the end)."""
@@ -97,7 +110,8 @@ class Trainer:
 
     def losses(self, net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits, deltas = net(*batch.model_inputs(self.model, self.device))
-        return detection_loss(logits, deltas, batch.labels.to(self.device), batch.targets.to(self.device))
+        cls, box = detection_loss(logits, deltas, batch.labels.to(self.device), batch.targets.to(self.device))
+        return cls, box * float(self.cfg.train.get("box_loss_weight", 1.0))
 
     def note_skipped(self, batch: Batch) -> None:
         for path, reason in batch.skipped:
@@ -162,7 +176,9 @@ class Trainer:
     def _train_stream(self):
         """Mini-batches of the training images, drawn from ``draw_rng(seed, rank, draw)``
         from the current draw on (a resumed run continues the same sequence)."""
-        sampler = self.sampler(self.prepare_windows(self.train_set))
+        entries = self.prepare_windows(self.train_set)
+        self.mark_learned_classes(entries)
+        sampler = self.sampler(entries)
         self.train_batches = self.batches(self.train_set, sampler.entries)
         seed = int(self.cfg.seed)
         plans = PlanStream(lambda d: sampler.sample(draw_rng(seed, self.rank, d)), self.progress.draws)
