@@ -16,12 +16,26 @@ from typing import Any
 
 import torch
 
+from .errors import SppDetError
+
+
+class WriteError(SppDetError, OSError):
+    """A file could not be written (a full disk, a read-only folder): the one-line error
+    naming it, still an ``OSError`` for code that handles those."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # "<file>: cannot write (<reason>)", without "[Errno N]"
+
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); creates the folder."""
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); creates the folder.
+    A failure (e.g. ENOSPC) leaves the old file and raises :class:`WriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
     try:
         # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask),
         # or caches and checkpoints shared with a group become unreadable to it
@@ -33,8 +47,10 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, SppDetError):
+            raise WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
 
 

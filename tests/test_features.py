@@ -89,3 +89,65 @@ def test_fill_states_the_size_and_refuses_a_disk_too_small(tmp_path, shapes_root
     assert cache.fill(ds, (160, 128), (False, True), progress=False) == [] and cache.computed == 8
     total = sum(cache.map_bytes(x.height, x.width, s) for x in ds.targets for s in (160, 128)) * 2
     assert f"8 maps, about {total / 2 ** 30:.2f} GiB" in capsys.readouterr().err
+
+
+def test_a_good_map_is_kept_when_reading_it_fails_for_another_reason(tmp_path, monkeypatch):
+    """Only a provably damaged file is deleted: an OSError on load (too many open files, a
+    flaky disk) used to delete a good map; now it is an error naming the file, the file kept."""
+    import errno
+
+    import pytest
+
+    import spp_det.inference.conv_maps as conv_maps
+    from spp_det.errors import SppDetError
+    model = _model()
+    image = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    FeatureCache(tmp_path / "cache", model).get(path, 96, False, lambda: image)
+    reader = FeatureCache(tmp_path / "cache", model, memory_mb=0)
+    stored = reader.path(path, 96, False)
+    good = stored.read_bytes()
+
+    def emfile(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(conv_maps.torch, "load", emfile)
+    with pytest.raises(SppDetError, match=rf"{stored}: cannot read the cached conv map \(Too many open files\)"):
+        reader.load(path, 96, False)
+    assert stored.read_bytes() == good
+    monkeypatch.undo()
+    # a read-only cache with a damaged file: counted as missing, no crash on the unlink
+    stored.write_bytes(b"garbage")
+    monkeypatch.setattr(type(stored), "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(
+        PermissionError(errno.EROFS, "Read-only file system")))
+    assert reader.load(path, 96, False) is None and stored.read_bytes() == b"garbage"
+
+
+def test_a_full_disk_is_one_clear_error_for_maps_and_proposals(tmp_path, monkeypatch):
+    """A real OSError(ENOSPC) while writing a conv map or proposals: one SppDetError naming
+    the file (the scripts print it as one line), no temp file left."""
+    import errno
+    import os
+
+    import pytest
+
+    from spp_det.errors import SppDetError
+    from spp_det.proposals import ProposalStore, SelectiveSearchConfig, compute_missing
+    model = _model()
+    image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+
+    ss = SelectiveSearchConfig(mode="fast", max_size=100, min_size=4, max_boxes=50)
+    store = ProposalStore(tmp_path / "props", ss.as_dict())
+    cache = FeatureCache(tmp_path / "cache", model)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SppDetError, match=r"_s96_m\d+\.v2\.pt: cannot write \(No space left on device\)"):
+        cache.get(path, 96, False, lambda: image)
+    with pytest.raises(SppDetError, match=r"cannot write \(No space left on device\)"):
+        compute_missing(store, [path], ss, workers=1, progress=False)
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".tmp"]
+    assert left == []

@@ -89,3 +89,41 @@ def test_detect_list_names_by_relative_path_and_survives_a_failing_image(tmp_pat
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["x/a.jpg", "y/a.jpg"]
     assert not cv2.imread(str(out / "x" / "a.jpg")).shape == cv2.imread(str(out / "y" / "a.jpg")).shape or \
         (cv2.imread(str(out / "x" / "a.jpg")) != cv2.imread(str(out / "y" / "a.jpg"))).any()
+
+
+def test_detect_never_writes_over_an_input(tmp_path, shapes_root, tiny_checkpoint):
+    """output= the input folder overwrote the photos with their drawn copies. Every way the
+    output can meet the input is refused before anything is written."""
+    from spp_det.data import check_output, list_images, output_names
+    from spp_det.errors import SppDetError
+    import pytest
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for stem in ("000008", "000009"):
+        shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / f"{stem}.jpg", folder / f"{stem}.jpg")
+    before = {p.name: p.read_bytes() for p in folder.glob("*.jpg")}
+    proc = subprocess.run([sys.executable, "scripts/detect.py", f"checkpoint={tiny_checkpoint}", f"input={folder}",
+                           f"output={folder}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"error: output={folder}: the picture of" in proc.stderr and "would overwrite the input" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.glob("*.jpg")} == before
+    assert sorted(p.name for p in folder.iterdir()) == ["000008.jpg", "000009.jpg", "sub"]  # nothing written
+
+    def check(inp, out):
+        entries = list_images(inp)
+        check_output(inp, out, [f for f, _ in entries], output_names([n for _, n in entries]))
+
+    with pytest.raises(SppDetError, match="inside the input folder"):
+        check(folder, folder / "sub")                      # would be read back as photos next time
+    with pytest.raises(SppDetError, match="would overwrite the input"):
+        check(folder, tmp_path / "in" / ".." / "in")      # the same folder spelled otherwise
+    listing = folder / "list.txt"
+    listing.write_text("000008.jpg\n000009.jpg\n")
+    with pytest.raises(SppDetError, match="would overwrite the input"):
+        check(listing, folder)                             # a list's names are relative to its folder
+    with pytest.raises(SppDetError, match="would overwrite the input"):
+        check(folder / "000008.jpg", folder)               # one file, output = its folder
+    check(listing, folder / "sub")                         # a list's folder may hold the output elsewhere
+    check(folder, tmp_path / "out")

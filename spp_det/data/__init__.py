@@ -6,12 +6,12 @@ from typing import Any
 
 from ..errors import SppDetError
 from .coco import CocoDetection
-from .folder import list_images, output_names
+from .folder import check_output, list_images, output_names
 from .sample import DetectionDataset, Target, check_box, image_digest, read_image
 from .shapes import SHAPES_CLASSES, generate_shapes
 from .voc import VOC_CLASSES, load_voc
 
-__all__ = ["CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images", "output_names",
+__all__ = ["check_output", "CocoDetection", "DetectionDataset", "Target", "build_dataset", "list_images", "output_names",
            "read_image", "image_digest", "check_box", "generate_shapes", "load_voc", "VOC_CLASSES", "SHAPES_CLASSES"]
 
 

@@ -72,3 +72,22 @@ def output_names(names: list[str]) -> list[str]:
         taken.add(candidate.as_posix().lower())
         out.append(candidate.as_posix())
     return out
+
+
+def check_output(input_path: str | Path, output: str | Path, files: list[Path], pictures: list[str]) -> None:
+    """Refuse an output that could write over an input, before anything is written: a
+    picture path that is an input file (output = the input folder, or a list file's
+    folder), or, for a folder input, an output folder equal to it or inside it (the next
+    run over that folder would take the drawn pictures as photos). ``pictures``: each
+    file's output path relative to ``output``."""
+    out = Path(os.path.realpath(output))
+    inputs = {os.path.realpath(f): f for f in files}
+    for rel, f in zip(pictures, files):
+        target = os.path.realpath(out / rel)
+        if target in inputs:
+            raise SppDetError(f"output={output}: the picture of {f} would overwrite the input {inputs[target]}; "
+                              f"choose an output folder outside the input")
+    src = Path(os.path.realpath(input_path))
+    if src.is_dir() and (out == src or src in out.parents):
+        raise SppDetError(f"output={output}: inside the input folder {input_path} (a later run over that folder "
+                          f"would detect on the drawn pictures); choose an output folder outside it")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import shutil
 import sys
 from collections import OrderedDict
@@ -78,9 +79,18 @@ class FeatureReader:
             fm = FeatureMap(data["features"], data["fx"], data["fy"], tuple(data["size"]))
         except FileNotFoundError:
             return None
-        except Exception:  # a damaged file (killed writer, disk error): removed, so the next
-            # conv-map pass (FeatureCache.fill, at the start of every frozen-trunk run) recomputes it
-            path.unlink(missing_ok=True)
+        except OSError as exc:  # too many open files, a flaky network disk, no permission: the
+            # file may be fine, so it is kept and the run stops naming it
+            raise SppDetError(f"{path}: cannot read the cached conv map ({exc.strerror or exc})") from exc
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+            # provably damaged (not a torch zip, truncated, wrong content): removed, so the
+            # next conv-map pass (FeatureCache.fill, at the start of every frozen-trunk run)
+            # recomputes it; on a read-only cache it stays and counts as missing
+            log.warning("%s: damaged conv map (%s): %s", path, type(exc).__name__, exc)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as gone:
+                log.warning("%s: cannot remove the damaged map (%s)", path, gone.strerror or gone)
             return None
         self.loaded += 1
         self._remember(path.name, fm)

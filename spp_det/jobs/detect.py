@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import list_images, output_names
+from ..data import check_output, list_images, output_names
 from ..errors import SppDetError
 from ..evaluation.detections import image_results
 from ..files import write_json_atomic
@@ -32,10 +32,12 @@ def detect_job(cfg: DictConfig) -> list[str]:
     Results carry each image's name (its path relative to the input) as ``image_id``;
     pictures go to ``output/<name>`` (see ``data.output_names``). An image that fails,
     for whatever reason, is named and the others' results are still written."""
+    entries = list_images(cfg.input)
+    pictures = output_names([n for _, n in entries])
+    check_output(cfg.input, cfg.output, [f for f, _ in entries], pictures)  # never write over a photo
     ckpt = load_checkpoint(cfg.checkpoint)
     model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
     classes = list(ckpt["classes"])
-    entries = list_images(cfg.input)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
@@ -52,7 +54,6 @@ def detect_job(cfg: DictConfig) -> list[str]:
     results = []
     scales = tuple(cfg.scales) if cfg.scales else None
     cats = [None] + classes
-    pictures = output_names([n for _, n in entries])
     start = time.perf_counter()
     for i, image, boxes, error in tqdm(loader, total=len(files), desc="detect", unit="img", file=sys.stderr):
         f, name = entries[i]
