@@ -55,3 +55,31 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     assert pairs > 0.75 and float((neg < 0).float().mean()) > 0.9
     # measured here: mean IoU 0.72 -> 0.88
     assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.05
+
+
+def test_stages_skip_and_count_an_image_training_skipped(tmp_path, shapes_root):
+    """An unreadable training image used to crash the SVM/ridge pass after all of
+    fine-tuning (best.pt then had no stages, and no test ran). It is left out and named."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from spp_det.models import SPPNet, build_trunk
+    from spp_det.paper_stages.fit import fit_paper_stages
+    root = tmp_path / "shapes"
+    shutil.copytree(shapes_root, root)
+    cfg = make_cfg(tmp_path, root, "train.classifier=svm", "train.bbox_reg=ridge", "train.svm.C=10",
+                   "train.ridge.lam=10")
+    train = build_dataset(cfg.dataset, "train").take([0, 4])
+    bad = train.targets[1].path
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    store, _ = build_proposals(cfg.proposals)
+    torch.manual_seed(0)
+    model = SPPNet(build_trunk("zf5", width=0.25, norm="bn"), 3, hidden=16, scales=(160,)).eval()
+    stats = fit_paper_stages(model, train, store, None, OmegaConf.create(cfg.train), 0)
+    assert stats["skipped_images"] == [str(bad)]
+    # fitted on the other three images' ground truth: their positives are counted, the bad one's not
+    good = [t for t in train.targets if t.path != bad]
+    per_class = [sum(int((t.labels[~t.ignore] == c).sum()) for t in good) for c in (1, 2, 3)]
+    assert stats["svm"]["positives"] == per_class
+    assert (model.head.classifier, model.head.box_head) == ("svm", "ridge")

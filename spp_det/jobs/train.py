@@ -78,7 +78,8 @@ def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
     t0 = time.perf_counter()
     best = load_checkpoint(best_path)
     load_weights(trainer.model, best["model"])
-    stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed)
+    stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed,
+                             skipped=trainer.skipped)
     name = " + ".join(n for n, on in (("SVMs", cfg.train.get("classifier") == "svm"),
                                       ("ridge box regression", cfg.train.get("bbox_reg") == "ridge")) if on)
     best["model"] = trainer.model.state_dict()

@@ -15,7 +15,7 @@ from ..errors import SppDetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRUNKS = ("zf5", "alexnet", "vgg16", "resnet50", "efficientnet_lite0")
+TRUNKS = ("zf5", "alexnet", "vgg16", "resnet50", "efficientnet_lite0", "efficientnet_lite0_dilated")
 
 
 def _pair0(v) -> int:
@@ -205,6 +205,25 @@ def lite0_weights_from_package() -> dict[str, torch.Tensor]:
     return out
 
 
+def _dilated_lite(net: nn.Module) -> nn.Sequential:
+    """The whole EfficientNet-Lite body through its 1x1 head conv (1280 channels after
+    ReLU6: the features its ImageNet classifier reads) at stride 16 instead of 32: the
+    stride-2 depthwise conv that opens the stride-32 stages runs at stride 1, and every
+    later depthwise conv is dilated by 2 (padding grown to match), as DeepLab keeps a
+    resolution. The stride-16 block alone (``efficientnet_lite0``) holds 112 linear,
+    signed channels, which max pooling reads poorly."""
+    first = True
+    for stage in net.blocks[5:]:
+        for block in stage:
+            conv = block.conv_dw
+            k = _pair0(conv.kernel_size)
+            if first:  # the stride-2 conv: stride 1, same padding, not dilated
+                conv.stride, first = (1, 1), False
+            else:
+                conv.dilation, conv.padding = (2, 2), (k - 1, k - 1)
+    return nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2)
+
+
 def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = None,
                 width: float = 1.0, norm: str = "lrn", mean: tuple | None = None,
                 std: tuple | None = None) -> Trunk:
@@ -239,7 +258,7 @@ def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = 
             geo = [net.conv1, net.maxpool] + [conv for layer in (net.layer1, net.layer2, net.layer3)
                                               for blk in layer for conv in (blk.conv1, blk.conv2, blk.conv3)]
         trunk = Trunk(name, body, ch, geo, mean or IMAGENET_MEAN, std or IMAGENET_STD)
-    elif name == "efficientnet_lite0":
+    elif name in ("efficientnet_lite0", "efficientnet_lite0_dilated"):
         try:
             import timm
         except ImportError as exc:
@@ -247,11 +266,14 @@ def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = 
         net = timm.create_model("efficientnet_lite0", pretrained=False)
         if pretrained and not weights_path:
             net.load_state_dict(lite0_weights_from_package())
-        body = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])  # through the 112-ch stride-16 stage
+        if name == "efficientnet_lite0":
+            body = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])  # through the 112-ch stride-16 stage
+            ch = net.blocks[4][-1].conv_pwl.out_channels
+        else:
+            body, ch = _dilated_lite(net), net.conv_head.out_channels
         geo = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
         # TF-ported Lite weights expect (x - 127) / 128 on 0..255 pixels
-        trunk = Trunk(name, body, net.blocks[4][-1].conv_pwl.out_channels, geo,
-                      mean or (127 / 255,) * 3, std or (128 / 255,) * 3)
+        trunk = Trunk(name, body, ch, geo, mean or (127 / 255,) * 3, std or (128 / 255,) * 3)
     else:
         raise SppDetError(f"unknown trunk '{name}' (one of {', '.join(TRUNKS)})")
     if weights_path:

@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
-                   cache: FeatureCache | None, seed: int):
+                   cache: FeatureCache | None, seed: int, skipped: dict[str, str] | None = None):
     """passes(epoch) -> an iterator of the images' WindowFeatures: epoch 0 in data set
     order, later epochs shuffled (seeded), as R-CNN mines images in random order.
-    Conv maps come from the cache (frozen trunk) or are computed (end to end)."""
+    Conv maps come from the cache (frozen trunk) or are computed (end to end). Images in
+    ``skipped`` (path -> reason: what training left out) are left out, and images found
+    unreadable now are added to it."""
+    skipped = {} if skipped is None else skipped
     def proposals(i: int) -> torch.Tensor:
         boxes = store.get(dataset.targets[i].path)
         return torch.zeros((0, 4)) if boxes is None else torch.from_numpy(boxes)
@@ -41,16 +44,20 @@ def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStor
         order = list(range(len(dataset)))
         if epoch > 0:
             random.Random(f"spp_det/svm/{seed}/{epoch}").shuffle(order)
-        return training_features(model, dataset, order, proposals, maps_of)
+        order = [i for i in order if str(dataset.targets[i].path) not in skipped]
+        return training_features(model, dataset, order, proposals, maps_of, skipped=skipped)
     return passes
 
 
 def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
-                     cache: FeatureCache | None, tc: DictConfig, seed: int) -> dict:
+                     cache: FeatureCache | None, tc: DictConfig, seed: int,
+                     skipped: dict[str, str] | None = None) -> dict:
     """Fit what ``tc.classifier`` / ``tc.bbox_reg`` ask for into ``model.head`` and make
-    it the inference choice. Returns the stages' statistics. With both, the ridge
-    examples are gathered during the SVMs' first pass: one feature pass, not two."""
-    passes = feature_passes(model, dataset, store, cache, seed)
+    it the inference choice. Returns the stages' statistics (``skipped_images``: the
+    images left out, training's ``skipped`` and any found unreadable now). With both,
+    the ridge examples are gathered during the SVMs' first pass: one feature pass."""
+    skipped = dict(skipped or {})
+    passes = feature_passes(model, dataset, store, cache, seed, skipped)
     ridge = RidgeExamples(model.num_classes, model.box_coder, RidgeSettings(**tc.ridge)) \
         if tc.get("bbox_reg") == "ridge" else None
 
@@ -82,4 +89,5 @@ def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalSt
             model.head.set_ridge(weight, bias, scale)
     model.head.use("svm" if model.head.svm is not None else "softmax",
                    "ridge" if model.head.ridge is not None else "learned")
+    stats["skipped_images"] = sorted(skipped)
     return stats

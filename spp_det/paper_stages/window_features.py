@@ -5,6 +5,7 @@ scale (``SPPNet.select_scales``), the ground-truth boxes first, then the image's
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -12,7 +13,10 @@ import torch
 
 from ..boxes import box_iou
 from ..data import DetectionDataset
+from ..errors import SppDetError
 from ..models import FeatureMap, SPPNet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +44,14 @@ class WindowFeatures:
 @torch.no_grad()
 def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[int],
                       proposals: Callable[[int], torch.Tensor],
-                      maps_of: Callable[[int], list[FeatureMap]], chunk: int = 1024) -> Iterator[WindowFeatures]:
+                      maps_of: Callable[[int], list[FeatureMap]], chunk: int = 1024,
+                      skipped: dict[str, str] | None = None) -> Iterator[WindowFeatures]:
     """Yield :class:`WindowFeatures` of the images ``indices`` in that order. proposals(i):
     (P, 4) windows of image i; maps_of(i): its feature maps at ``model.scales`` (cached
-    conv maps for a frozen trunk). The model is used in eval mode (no dropout)."""
+    conv maps for a frozen trunk). The model is used in eval mode (no dropout). An image
+    whose maps cannot be had (unreadable) is left out and recorded in ``skipped``
+    (path -> reason), as training leaves it out: the stages run after all of fine-tuning,
+    and one bad image must not lose them."""
     was_training = model.training
     model.eval()
     try:
@@ -55,7 +63,13 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
             ignored = t.boxes[t.ignore].float()
             ignore_iou = box_iou(boxes, ignored).max(dim=1).values if len(ignored) and len(boxes) \
                 else torch.zeros(len(boxes))
-            maps = maps_of(i)
+            try:
+                maps = maps_of(i)
+            except SppDetError as exc:
+                if skipped is not None and str(t.path) not in skipped:
+                    skipped[str(t.path)] = str(exc)
+                    log.warning("SVM/ridge features without %s: %s", t.path, exc)
+                continue
             scale_index = model.select_scales(boxes, t.height, t.width, model.scales)
             pooled, fc7 = [], []
             for s in range(0, len(boxes), chunk):
