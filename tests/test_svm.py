@@ -13,7 +13,7 @@ def test_separable_case_gives_the_maximum_margin_plane():
     # hard margin (C large): the closest points are x = +-1, so w = (1, 0), b = 0
     pos = np.array([[1.0, 0], [2, 1], [3, -1]], dtype=np.float32)
     neg = -pos
-    w, b = fit_linear_svm(pos, neg, C=1e3, pos_weight=1.0, bias_multiplier=10.0)
+    w, b = fit_linear_svm(pos, neg, C=1e3, pos_weight=1.0, bias_multiplier=10.0, tol=1e-6, max_iter=20000)
     assert np.allclose(w, [1, 0], atol=1e-3) and abs(b) < 1e-3
 
 
@@ -25,7 +25,7 @@ def test_liblinear_options_minimise_the_released_objective():
     pos = rng.normal(1.0, 1.0, (15, 2)).astype(np.float32)
     neg = rng.normal(-1.0, 1.0, (25, 2)).astype(np.float32)
     C, weight, B = 0.5, 2.0, 10.0
-    w, b = fit_linear_svm(pos, neg, C=C, pos_weight=weight, bias_multiplier=B)
+    w, b = fit_linear_svm(pos, neg, C=C, pos_weight=weight, bias_multiplier=B, tol=1e-6, max_iter=20000)
 
     x = np.concatenate([pos, neg]).astype(np.float64)
     y = np.concatenate([np.ones(15), -np.ones(25)])
@@ -135,3 +135,54 @@ def test_a_class_without_positives_is_never_detected():
     load_weights(other, old)
     assert other.head.svm_learned.tolist() == [True, False]
     assert other.class_probs(margins)[:, 2].tolist() == [0.0, 0.0, 0.0]
+
+
+def _hard_images(n_images, n_neg=40):
+    """Images whose negatives all stay hard: with C = 1e-6 the SVM is w ~ 0, b ~ 0, so every
+    new negative scores ~0 > -1.0001 and none is evicted (< -1.2)."""
+    rng = np.random.default_rng(0)
+    return [toy_image(i, rng, n_neg) for i in range(n_images)]
+
+
+def test_mining_retrains_as_spp_train_m():
+    """spp_train.m: update after the first image (first_time), then only when MORE than
+    retrain_limit negatives were added (num_added > retrain_limit), and after the last image.
+    40 new hard negatives per image, limit 40: retrain after images 1 and 3, then at the end."""
+    s = SVMSettings(C=1e-6, retrain_limit=40, target_norm=3.0)
+    *_, stats = train_svms(lambda epoch: iter(_hard_images(4)), 1, 2, s)
+    assert stats["added_per_epoch"] == [160] and stats["retrains"] == [3]
+    # a limit never reached: the first image's update and the final one
+    s = SVMSettings(C=1e-6, retrain_limit=10 ** 6, target_norm=3.0)
+    *_, stats = train_svms(lambda epoch: iter(_hard_images(4)), 1, 2, s)
+    assert stats["retrains"] == [2]
+
+
+def test_windows_with_the_same_cells_are_one_negative():
+    """The released code's dedup: of windows that project to the same cells (one pooled
+    feature), only the first is a negative."""
+    images = _hard_images(1, n_neg=6)
+    images[0].unique = torch.tensor([True, True, False, True, False, False, True])  # gt first
+    s = SVMSettings(C=1e-6, retrain_limit=10 ** 6, target_norm=3.0)
+    *_, stats = train_svms(lambda epoch: iter(images), 1, 2, s)
+    assert stats["negatives_cached"] == [3]
+
+
+def test_first_of_each_marks_first_occurrences():
+    from spp_det.paper_stages.window_features import first_of_each
+    rows = torch.tensor([[0, 1, 1, 2, 2], [0, 1, 1, 2, 2], [1, 1, 1, 2, 2], [0, 1, 1, 2, 2], [0, 0, 0, 0, 0]])
+    assert first_of_each(rows).tolist() == [True, False, True, False, True]
+
+
+def test_liblinear_runs_with_its_1_93_stopping_rule(monkeypatch):
+    """liblinear 1.93 (released): eps 0.1 for -s 3, at most 1000 iterations."""
+    import sklearn.svm
+    seen = {}
+    real = sklearn.svm.LinearSVC
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+    monkeypatch.setattr(sklearn.svm, "LinearSVC", spy)
+    fit_linear_svm(np.ones((2, 2), np.float32), -np.ones((2, 2), np.float32), 1e-3, 2.0, 10.0)
+    assert (seen["tol"], seen["max_iter"], seen["loss"], seen["dual"]) == (0.1, 1000, "hinge", True)
+    assert (seen["C"], seen["class_weight"], seen["intercept_scaling"]) == (1e-3, {1: 2.0, -1: 1.0}, 10.0)

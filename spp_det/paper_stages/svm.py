@@ -4,10 +4,12 @@ hard-negative mining (R-CNN's ``rcnn_train.m``, which SPP-net reuses).
 Positives are the ground-truth boxes of the class, negatives windows whose IoU with every
 box of that class is below ``neg_iou`` (0.3). Mining starts from w = 0, so every negative
 is hard at first; an image's negatives scoring above ``hard_margin`` (-1) and not yet in
-the class's cache join it, and once ``retrain_limit`` new ones have gathered the SVM is
-retrained and negatives scoring below ``evict_margin`` (-1.2) leave the cache. An epoch
-(one pass over the training images) ends with a retrain; mining stops after ``rounds``
-epochs (the released code: 1) or as soon as an epoch adds nothing.
+the class's cache join it (one per set of windows with the same cells: ``dedup``). As
+``spp_train.m``: the SVMs are retrained after the first image, then once more than
+``retrain_limit`` new negatives have gathered, and negatives scoring below
+``evict_margin`` (-1.2) leave the cache after each retrain. An epoch (one pass over the
+training images) ends with a retrain; mining stops after ``rounds`` epochs (the released
+code: 1) or as soon as an epoch adds nothing.
 
 The solver is liblinear through scikit-learn's ``LinearSVC``: the released code's own
 solver (L2-regularised hinge loss, dual), with its options mapped one to one: C, the
@@ -28,6 +30,9 @@ from .window_features import WindowFeatures, mean_norm
 
 log = logging.getLogger(__name__)
 
+LIBLINEAR_EPS = 0.1        # liblinear 1.93 train.c: default eps for L2R_L1LOSS_SVC_DUAL (-s 3)
+LIBLINEAR_MAX_ITER = 1000  # liblinear 1.93 linear.cpp: solve_l2r_l1l2_svc's max_iter
+
 
 @dataclass
 class SVMSettings:
@@ -45,19 +50,23 @@ class SVMSettings:
 
 
 def fit_linear_svm(pos: np.ndarray, neg: np.ndarray, C: float, pos_weight: float,
-                   bias_multiplier: float) -> tuple[np.ndarray, float]:
+                   bias_multiplier: float, tol: float = LIBLINEAR_EPS,
+                   max_iter: int = LIBLINEAR_MAX_ITER) -> tuple[np.ndarray, float]:
     """(w (D,), b) minimising 1/2 |[w, b/B]|^2 + C sum_i c_i max(0, 1 - y_i (w.x_i + b)),
     c_i = pos_weight for positives, 1 for negatives, B = bias_multiplier. pos: (P, D),
-    neg: (M, D) float32."""
+    neg: (M, D) float32. ``tol`` / ``max_iter``: liblinear 1.93's defaults, as released."""
     from sklearn.svm import LinearSVC
 
     x = np.concatenate([pos, neg]).astype(np.float64)
     y = np.concatenate([np.ones(len(pos)), -np.ones(len(neg))])
     # liblinear's dual solver visits examples in a random order: seeded, so that the same
     # features give the same SVM (unseeded, refits differed by ~1e-4)
+    # liblinear 1.93 (the released code's) with its defaults for -s 3: stopping tolerance
+    # eps 0.1 and at most 1000 iterations of the dual coordinate descent
     clf = LinearSVC(C=C, loss="hinge", dual=True, class_weight={1: pos_weight, -1: 1.0},
-                    intercept_scaling=bias_multiplier, max_iter=20000, random_state=0)
-    with warnings.catch_warnings():  # liblinear's own stopping rule is the released code's
+                    intercept_scaling=bias_multiplier, tol=tol, max_iter=max_iter,
+                    random_state=0)
+    with warnings.catch_warnings():  # hitting the iteration cap is the released behaviour too
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*converge.*")
         clf.fit(x, y)
@@ -76,6 +85,7 @@ class ClassSVM:
         self.cached: set[tuple[int, int]] = set()
         self.new_since_retrain = 0
         self.trained = False  # an SVM was fitted (it had positives and negatives)
+        self.retrains = 0
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w + self.b
@@ -98,6 +108,7 @@ class ClassSVM:
             return  # a class without positives (or negatives) stays untrained: never detected
         self.w, self.b = fit_linear_svm(pos, self.neg, s.C, s.pos_weight, s.bias_multiplier)
         self.trained = True
+        self.retrains += 1
         easy = self.scores(self.neg) < s.evict_margin
         if easy.any():
             self.neg = self.neg[~easy]
@@ -134,15 +145,21 @@ def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: i
     for svm in svms:
         svm.pos = [p * scale for p in svm.pos]
     added_per_epoch = []
+    first_time = True
     for epoch in range(1, s.rounds + 1):
         added = 0
         for wf in passes(epoch):
             x = wf.fc7.numpy() * scale
+            distinct = wf.distinct().numpy()
             for c, svm in enumerate(svms):
                 idx = negatives(wf, c + 1, s.neg_iou)
+                idx = idx[distinct[idx]]  # windows sharing cells share a feature: once (dedup)
                 added += svm.add_hard(wf.index, x[idx], idx, s.hard_margin)
-                if svm.new_since_retrain >= s.retrain_limit:
+                # spp_train.m: update after the first image, then once MORE than
+                # retrain_limit new negatives have gathered (and after the last image)
+                if first_time or svm.new_since_retrain > s.retrain_limit:
                     svm.retrain(s)
+            first_time = False
         for svm in svms:
             svm.retrain(s)
         added_per_epoch.append(added)
@@ -154,5 +171,6 @@ def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: i
     learned = torch.tensor([svm.trained for svm in svms])
     stats = {"learned": learned.tolist(), "positives": [int(sum(len(p) for p in svm.pos)) for svm in svms],
              "negatives_cached": [len(svm.neg) for svm in svms], "added_per_epoch": added_per_epoch,
+             "retrains": [svm.retrains for svm in svms],
              "feature_scale": scale}
     return weight, bias, scale, stats

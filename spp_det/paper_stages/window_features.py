@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 class WindowFeatures:
     """One image. boxes: (N, 4) original pixels, its G ground-truth boxes first;
     gt_labels: (G,) 1..C; ignore_iou: (N,) best IoU with a left-out (crowd/difficult)
-    box, 0 when none; pooled: (N, D) pyramid vectors; fc7: (N, hidden); both float32."""
+    box, 0 when none; pooled: (N, D) pyramid vectors; fc7: (N, hidden); both float32;
+    unique: (N,) bool, the first window of each set with the same cells on the same map
+    (the released code's ``dedup``: those share one feature; None: all distinct)."""
 
     index: int
     boxes: torch.Tensor
@@ -31,10 +33,15 @@ class WindowFeatures:
     ignore_iou: torch.Tensor
     pooled: torch.Tensor
     fc7: torch.Tensor
+    unique: torch.Tensor | None = None
 
     @property
     def num_gt(self) -> int:
         return len(self.gt_labels)
+
+    def distinct(self) -> torch.Tensor:
+        """(N,) bool: :attr:`unique`, or all True."""
+        return torch.ones(len(self.boxes), dtype=torch.bool) if self.unique is None else self.unique
 
     def iou(self) -> torch.Tensor:
         """(N, G) IoU of every window with every ground-truth box."""
@@ -81,9 +88,20 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
             dim = model.head.fc6.in_features
             yield WindowFeatures(i, boxes, t.labels[keep], ignore_iou,
                                  torch.cat(pooled) if pooled else torch.zeros((0, dim)),
-                                 torch.cat(fc7) if fc7 else torch.zeros((0, model.head.fc7.out_features)))
+                                 torch.cat(fc7) if fc7 else torch.zeros((0, model.head.fc7.out_features)),
+                                 first_of_each(model.project(maps, boxes, scale_index)) if len(boxes) else None)
     finally:
         model.train(was_training)
+
+
+def first_of_each(rows: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: True at the first occurrence of each distinct row of (K, D) ``rows``."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(rows), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(rows)), reduce="amin")
+    out = torch.zeros(len(rows), dtype=torch.bool)
+    out[first] = True
+    return out
 
 
 def mean_norm(features: torch.Tensor) -> float:
