@@ -216,3 +216,49 @@ def test_propose_script_writes_recall(tmp_path, shapes_root):
     assert r["num_images"] == 6 and r["recall@0.5"] >= 0.8
     assert (tmp_path / "run" / "recall.png").is_file()
     assert len(list((tmp_path / "cache").glob("*/*/*.boxes"))) == 6
+
+
+def test_imported_proposals_are_their_own_source(tmp_path, shapes_root):
+    """propose.py import_file= used to file R-CNN/pickle boxes under the selective-search
+    settings' folder (checkpoints then described boxes that were not used) and images
+    missing from the import silently got OpenCV boxes. Now: a store keyed by the imported
+    file's SHA-1, and a missing image is a failure, never searched."""
+    import hashlib
+    import json
+    import pickle
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from spp_det.data import build_dataset
+    from spp_det.errors import SppDetError
+    from spp_det.proposals import build_proposals, compute_missing, proposals_for
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = OmegaConf.load(root / "configs" / "dataset" / "shapes.yaml")
+    cfg.root, cfg.generate.num_trainval, cfg.generate.num_test = str(shapes_root), 8, 6
+    test = build_dataset(cfg, "test")
+    pkl = tmp_path / "props.pkl"
+    boxes = [np.array([[1.0, 2, 30, 40], [5, 5, 50, 60]], np.float32), np.array([[0.0, 0, 10, 10]], np.float32)]
+    pkl.write_bytes(pickle.dumps({"ids": [test.targets[0].image_id, test.targets[1].image_id], "boxes": boxes}))
+    proc = subprocess.run(
+        [sys.executable, "scripts/propose.py", f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
+         "dataset.generate.num_test=6", "split=test", f"import_file={pkl}",
+         f"proposals.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=root, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    sha1 = hashlib.sha1(pkl.read_bytes()).hexdigest()
+    assert f"4 image(s) of shapes/test are not in it" in proc.stdout and f"proposals.sha1={sha1}" in proc.stdout
+    node = OmegaConf.create({"source": "imported", "sha1": sha1, "cache_dir": str(tmp_path / "cache")})
+    store, ss = build_proposals(node)
+    assert ss is None
+    assert json.loads((store.dir / "settings.json").read_text()) == {"source": "imported", "sha1": sha1}
+    assert np.array_equal(store.get(test.targets[0].path), boxes[0])
+    # exactly one store exists: nothing was filed under selective search's settings
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [store.dir.name]
+    stats = compute_missing(store, [t.path for t in test.targets], ss, workers=1, progress=False)
+    assert (stats.computed, stats.cached, len(stats.failed)) == (0, 2, 4)
+    assert "not in the imported proposals" in stats.failed[0]
+    assert not store.has(test.targets[2].path)
+    with pytest.raises(SppDetError, match="not in the imported proposals"):
+        proposals_for(store, test.targets[2].path, np.zeros((8, 8, 3), np.uint8), ss)

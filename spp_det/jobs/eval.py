@@ -110,6 +110,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot,
                                extra={"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),
                                       "iteration": ckpt.get("iteration"), "stages": ckpt.get("stages", {}).get("name"),
+                                      "proposals": store.settings,
                                       **inference_settings(runner, scales, cfg.test.score_thresh, cfg.test.nms_thresh,
                                                            cfg.test.max_per_image, cfg.test.get("max_windows"),
                                                            cfg.test.get("svd_rank")),

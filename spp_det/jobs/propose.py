@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_dataset
 from ..errors import SppDetError
@@ -21,13 +21,20 @@ def propose_job(cfg: DictConfig) -> dict | None:
     or import precomputed proposals; then report recall when there is ground truth."""
     out_dir = run_dir()
     dataset = build_dataset(cfg.dataset, cfg.split)
-    store, ss = build_proposals(cfg.proposals)
     if cfg.import_file:
+        # imported boxes are their own source, keyed by the file's digest: never filed under
+        # (or mixed with) selective search's settings
         path = Path(cfg.import_file)
+        node = OmegaConf.create({"source": "imported", "file": str(path), "cache_dir": cfg.proposals.cache_dir})
+        store, _ = build_proposals(node)
         paths = {t.image_id: t.path for t in dataset.targets}
         n = store.import_mat(path, paths) if path.suffix == ".mat" else store.import_pickle(path, paths)
-        print(f"imported proposals of {n} images from {path} into {store.dir}")
+        missing = sum(not store.has(t.path) for t in dataset.targets)
+        print(f"imported proposals of {n} images from {path} into {store.dir}; {missing} image(s) of "
+              f"{dataset.name}/{cfg.split} are not in it. Use them with: proposals=imported "
+              f"proposals.sha1={store.settings['sha1']}")
         return None
+    store, ss = build_proposals(cfg.proposals)
     targets = shard_items(dataset.targets, cfg.shard, cfg.num_shards)
     items = [t.path for t in targets]
     stats = compute_missing(store, items, ss, workers=cfg.workers)

@@ -62,6 +62,7 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
                                extra={"weights": weights, "checkpoint_sha1": image_digest(best_path),
                                       "iteration": best["iteration"], "stages": best.get("stages", {}).get("name"),
                                       **inference_settings(runner, None, 0.001, 0.3, 100, None, None),
+                                      "proposals": store.settings,
                                       "train_seconds": train_s,
                                       "total_seconds": time.perf_counter() - t0, "failed_images": failures,
                                       **timing})

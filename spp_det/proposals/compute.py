@@ -61,7 +61,7 @@ def shard_items(items: list, shard: int, num_shards: int) -> list:
 
 
 def compute_missing(store: ProposalStore, paths: list[str | Path],
-                    ss: SelectiveSearchConfig, workers: int | None = None,
+                    ss: SelectiveSearchConfig | None, workers: int | None = None,
                     progress: bool = True,
                     on_done: Callable[[str], None] | None = None) -> ComputeStats:
     """Compute proposals for every image file not yet valid in ``store``.
@@ -69,7 +69,8 @@ def compute_missing(store: ProposalStore, paths: list[str | Path],
     Workers write their results atomically; an interrupted call leaves only complete
     files, and the next call picks up the rest. Unreadable images are counted and
     reported in ``stats.failed`` ("path: reason"), not fatal. ``on_done(path)`` runs
-    after each image. Two paths with the same content are searched once.
+    after each image. Two paths with the same content are searched once. ``ss`` None
+    (imported proposals): a missing image is a failure, never searched.
     """
     stats = ComputeStats()
     todo, queued = [], set()
@@ -81,6 +82,8 @@ def compute_missing(store: ProposalStore, paths: list[str | Path],
             continue
         if key in queued or store.get_key(key) is not None:
             stats.cached += 1
+        elif ss is None:  # imported proposals: nothing to compute, and nothing substituted
+            stats.failed.append(f"{path}: not in the imported proposals ({store.dir})")
         else:
             queued.add(key)
             todo.append((key, str(path), store.dir, ss.as_dict()))
@@ -117,12 +120,14 @@ def compute_missing(store: ProposalStore, paths: list[str | Path],
 
 
 def proposals_for(store: ProposalStore, path: str | Path, image: np.ndarray,
-                  ss: SelectiveSearchConfig) -> np.ndarray:
+                  ss: SelectiveSearchConfig | None) -> np.ndarray:
     """Boxes from the store, or computed now (and saved) when missing: never a crash for a
     cache miss. path: the image file (the key); image: its pixels, (H, W, 3) uint8 RGB.
     Returns (N, 4) float32 xyxy original pixels."""
     boxes = store.get(path)
     if boxes is None:
+        if ss is None:
+            raise SppDetError(f"{path}: not in the imported proposals ({store.dir})")
         boxes = selective_search(image, ss)
         store.put(path, boxes)
     return boxes

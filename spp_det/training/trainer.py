@@ -57,6 +57,8 @@ class Trainer:
         self.train_images = sorted(full.digests())  # checked against test splits, here and in eval
         self.model: SPPNet = build_detector(cfg.model, len(self.classes), train_trunk=self.finetune).to(self.device)
         self.store, self.ss = build_proposals(cfg.proposals)
+        if self.ss is None:  # imported proposals: checkpoints name the file they came from by its digest
+            cfg.proposals.sha1 = self.store.settings["sha1"]
         self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model,
                                                                 memory_mb=tc.get("feature_memory_mb", 1024))
         groups = param_groups(self.model.named_parameters(), cfg.solver.lr, cfg.solver.weight_decay,

@@ -58,7 +58,8 @@ def prepare_windows(dataset: DetectionDataset, store: ProposalStore, ss: Selecti
             skip(t.path, str(exc))
             continue
         if boxes is None:
-            skip(t.path, "no proposals (its selective search failed, see above)")
+            skip(t.path, "not in the imported proposals" if ss is None else
+                 "no proposals (its selective search failed, see above)")
             continue
         keep = torch.ones(len(t.boxes), dtype=torch.bool) if tc.use_difficult else ~t.ignore
         gt, gt_labels = t.boxes[keep], t.labels[keep]
