@@ -71,19 +71,37 @@ def test_resize_factor():
 
 
 def test_pool_projects_each_window_on_its_scale_map():
+    """Every window pooled on its own scale's map, against an independent oracle: the
+    released code's box scaling and mex projection (transcribed in test_spp.py) and
+    torch's adaptive_max_pool2d over the covered cells (the pyramid's bin rule), for 300
+    random VOC-style windows. (The old reference scaled boxes by fx/fy, which differs from
+    the released scaling on ~6% of windows: it could not see a wrong scaling.)"""
+    import torch.nn.functional as F
+
+    from test_spp import random_voc_boxes, released_mex_cells
     net = small_net()
-    img = image(200, 300)
-    maps = net.compute_features(img, (224, 320))
-    boxes = torch.tensor([[10.0, 20, 150, 180], [0, 0, 300, 200]])
-    pooled = net.pool(maps, boxes, torch.tensor([1, 0]))
-    for k, m in enumerate([1, 0]):
-        fm = maps[m]
-        scaled = boxes[k:k + 1].double() * torch.tensor([fm.fx, fm.fy, fm.fx, fm.fy], dtype=torch.float64)
-        cells = project_windows(scaled, 16, 20.5, fm.features.shape[-2:])
-        ref = net.spp(fm.features[None], torch.cat([torch.zeros(1, 1, dtype=torch.long), cells], 1))
-        assert torch.equal(pooled[k], ref[0])
-    # a 300 x 200 image at scale 224 is resized to 336 x 224 exactly
+    height, width = 200, 300
+    img = image(height, width)
+    scales = (224, 320)
+    maps = net.compute_features(img, scales)
+    voc = random_voc_boxes(300, width, height, seed=3, small=True)
+    boxes = torch.tensor([[l - 1, t - 1, r, b] for l, t, r, b in voc], dtype=torch.float32)
+    which = torch.tensor([k % 2 for k in range(len(voc))])
+    pooled = net.pool(maps, boxes, which)
+    for k, box in enumerate(voc):
+        fm, scale = maps[int(which[k])], scales[int(which[k])]
+        # the resized shorter side: scale, unless the longer side would pass max_size (400)
+        s = round(min(scale / height, 400 / width) * height)
+        map_h, map_w = fm.features.shape[-2:]
+        scaled = [(v - 1) * (s - 1) / (min(height, width) - 1) + 1 for v in box]
+        x1, y1, x2, y2 = [c - 1 for c in released_mex_cells(*scaled, map_w, map_h)]
+        region = fm.features[None, :, y1:y2 + 1, x1:x2 + 1].float()
+        ref = torch.cat([F.adaptive_max_pool2d(region, n).flatten() for n in net.spp.levels])
+        assert torch.equal(pooled[k], ref), k
+    # a 300 x 200 image at scale 224 is resized to 336 x 224 exactly; at 320 the cap of 400
+    # on the longer side leaves 400 x 267
     assert (maps[0].fx, maps[0].fy) == (336 / 300, 224 / 200)
+    assert round(maps[1].fx * width) == 400 and round(maps[1].fy * height) == 267
 
 
 def test_zero_deltas_give_windows_and_postprocess():
@@ -212,7 +230,9 @@ def test_test_time_flip_is_mirror_symmetric():
 
 def test_duplicate_windows_are_scored_once_with_the_same_result():
     """Windows that project to the same cells share one pooled vector: the deduplicated
-    inference path gives every window exactly what the heads give its own vector."""
+    inference path gives every window exactly what the heads give its own vector, and
+    every window's boxes are decoded from its OWN box (repeats shifted by half a pixel
+    share cells and deltas but not boxes)."""
     torch.manual_seed(0)
     net = small_net().eval()
     img = image()
@@ -223,8 +243,18 @@ def test_duplicate_windows_are_scored_once_with_the_same_result():
         index = net.select_scales(boxes, 300, 400, net.scales)
         logits, deltas = net.forward_windows(maps, boxes, index)
         ref_logits, ref_deltas = net.head(net.pool(maps, boxes, index))  # every window through the heads
+        probs, per_class = net.detect_windows(img, boxes)
     assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(deltas, ref_deltas, atol=1e-5)
     assert torch.equal(logits[40:50], logits[:10])
+    shifted = net.project(maps, boxes[50:], index[50:])[:, 1:]
+    same_cells = (shifted == net.project(maps, boxes[:10], index[:10])[:, 1:]).all(dim=1)
+    assert same_cells.any()
+    # the oracle: BoxCoder's decoding of each window's own box with the reference deltas
+    own = net.box_coder.decode(ref_deltas, boxes).reshape(-1, 3, 4)
+    own[..., 0::2] = own[..., 0::2].clamp(0, 400)
+    own[..., 1::2] = own[..., 1::2].clamp(0, 300)
+    assert torch.allclose(per_class, own, atol=1e-3)
+    assert not torch.allclose(per_class[50:60][same_cells], per_class[:10][same_cells])  # own boxes, not shared
 
 
 def test_bfloat16_inference_stays_close_to_float32():

@@ -248,7 +248,7 @@ def test_imported_proposals_are_their_own_source(tmp_path, shapes_root):
         cwd=root, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     sha1 = hashlib.sha1(pkl.read_bytes()).hexdigest()
-    assert f"4 image(s) of shapes/test are not in it" in proc.stdout and f"proposals.sha1={sha1}" in proc.stdout
+    assert "4 image(s) of shapes/test are not in it" in proc.stdout and f"proposals.sha1={sha1}" in proc.stdout
     node = OmegaConf.create({"source": "imported", "sha1": sha1, "cache_dir": str(tmp_path / "cache")})
     store, ss = build_proposals(node)
     assert ss is None
