@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from spp_det.errors import SppDetError
-from spp_det.models import SPPNet, build_detector, build_trunk, postprocess_detections, project_windows
+from spp_det.models import SPPNet, build_detector, build_trunk, postprocess_detections
 from spp_det.models.resize import resize_factor
 
 
