@@ -9,7 +9,7 @@ from pathlib import Path
 import time
 
 import cv2
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -17,10 +17,8 @@ from ..data import check_output, list_images, output_names
 from ..errors import SppDetError
 from ..evaluation.detections import image_results
 from ..files import write_json_atomic
+from ..inference.api import Detector
 from ..inference.loader import Files, inference_workers, loader_kwargs
-from ..inference.predict import configure_inference, runner_for
-from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-from ..proposals import build_proposals
 from ..visualize import draw_detections
 
 log = logging.getLogger(__name__)
@@ -35,15 +33,12 @@ def detect_job(cfg: DictConfig) -> list[str]:
     entries = list_images(cfg.input)
     pictures = output_names([n for _, n in entries])
     check_output(cfg.input, cfg.output, [f for f, _ in entries], pictures)  # never write over a photo
-    ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
-    classes = list(ckpt["classes"])
+    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.get("proposals"),
+                                        cfg.classifier, cfg.bbox_reg, cfg.svd_rank, cfg.get("rcnn"), cfg.scales,
+                                        cfg.score_thresh, cfg.nms_thresh, cfg.max_per_image)
+    classes, store, ss = detector.classes, detector.store, detector.ss
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
-    store, ss = build_proposals(prop_cfg)
-    configure_inference(model, cfg)
-    runner = runner_for(model, ckpt, cfg.get("rcnn"))
     files = [f for f, _ in entries]
     # a pipeline: loader processes read each image and fetch its stored windows (or run
     # selective search on a miss, one image per process) while the model runs here
@@ -52,7 +47,6 @@ def detect_job(cfg: DictConfig) -> list[str]:
     loader = DataLoader(Files(files, store, ss), batch_size=None, **loader_kwargs(workers))
     failures: list[str] = []
     results = []
-    scales = tuple(cfg.scales) if cfg.scales else None
     cats = [None] + classes
     start = time.perf_counter()
     for i, image, boxes, error in tqdm(loader, total=len(files), desc="detect", unit="img", file=sys.stderr):
@@ -61,8 +55,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
             failures.append(error)
             continue
         try:
-            det = runner.predict(image, boxes, scales=scales, score_thresh=cfg.score_thresh,
-                                nms_thresh=cfg.nms_thresh, max_per_image=cfg.max_per_image)
+            det = detector.predict(image, boxes)
             target = out / pictures[i]
             target.parent.mkdir(parents=True, exist_ok=True)
             drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], classes)

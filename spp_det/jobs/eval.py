@@ -20,11 +20,10 @@ from ..evaluation.detections import from_results, load_results, to_results
 from ..evaluation.evaluate import score_and_report
 from ..files import write_atomic, write_json_atomic
 from ..inference.loader import inference_workers
-from ..inference.predict import (configure_inference, detect_dataset, inference_settings, report_failures,
-                                 runner_for)
+from ..inference.api import Detector
+from ..inference.predict import detect_dataset, inference_settings, report_failures
 from ..models import RCNN
-from ..models.checkpoint import load_checkpoint, model_from_checkpoint
-from ..proposals import build_proposals
+from ..models.checkpoint import load_checkpoint
 from .cli import run_dir
 
 log = logging.getLogger(__name__)
@@ -80,20 +79,21 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     and, for VOC-layout data, the devkit's submission files."""
     rank, world = init_distributed(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint)
-    model = model_from_checkpoint(ckpt, cfg.device, cfg.checkpoint)
-    if cfg.test.get("flip") is not None:
-        model.test_flip = bool(cfg.test.flip)
-    configure_inference(model, cfg.test)
+    t = cfg.test
+    scales = tuple(t.scales) if t.scales else None
+    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, t.get("precision", "float32"),
+                                        cfg.get("proposals"), t.get("classifier", "auto"), t.get("bbox_reg", "auto"),
+                                        t.get("svd_rank"), cfg.get("rcnn"), scales, t.score_thresh, t.nms_thresh,
+                                        t.max_per_image, loaded=ckpt)
+    if t.get("flip") is not None:
+        detector.model.test_flip = bool(t.flip)
+    runner, store, ss = detector.runner, detector.store, detector.ss
     node = dataset_config(cfg, ckpt)
     dataset = build_dataset(node, cfg.split).take(cfg.subset)
     check_classes(ckpt, dataset, cfg.checkpoint)
     if ckpt.get("train_images"):
         dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
-    prop_cfg = cfg.get("proposals") or OmegaConf.create(ckpt["proposals_cfg"])
-    store, ss = build_proposals(prop_cfg)
-    runner = runner_for(model, ckpt, cfg.get("rcnn"))
     rcnn = isinstance(runner, RCNN)
-    scales = tuple(cfg.test.scales) if cfg.test.scales else None
     detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
                                                   cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
                                                   max_windows=cfg.test.get("max_windows"),

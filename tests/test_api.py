@@ -1,0 +1,44 @@
+"""spp_det.Detector: the Python entry point gives detect.py's detections."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from spp_det import Detector
+from spp_det.data import read_image
+
+
+def test_detector_gives_detect_pys_boxes(tmp_path, shapes_root, tiny_checkpoint):
+    from spp_det.jobs.detect import detect_job
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / "000009.jpg", folder / "a.jpg")
+    props = {"cache_dir": str(tmp_path / "props"), "mode": "fast", "max_size": 200, "min_size": 4, "max_boxes": 100}
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("detect", overrides=[f"checkpoint={tiny_checkpoint}", f"input={folder}",
+                                           f"output={tmp_path / 'out'}", "score_thresh=0.0", "max_per_image=7",
+                                           "precision=float32", "workers=0",
+                                           *[f"+proposals.{k}={v}" for k, v in props.items()]])
+    assert detect_job(cfg) == []
+    written = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert len(written) == 7
+
+    detector = Detector.from_checkpoint(tiny_checkpoint, proposals=props, score_thresh=0.0, max_per_image=7)
+    result = detector(folder / "a.jpg")
+    assert len(result["boxes"]) == 7 and result["names"] == [detector.classes[int(i) - 1] for i in result["labels"]]
+    xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in result["boxes"].tolist()]
+    for r, box, score, name in zip(written, xywh, result["scores"].tolist(), result["names"]):
+        assert r["category_id"] == name and r["score"] == pytest.approx(score, abs=1e-7)
+        assert r["bbox"] == pytest.approx(box, abs=0.006)  # the file rounds to 0.01 px
+    # an array and a list: the same; windows passed in are the ones scored
+    image = read_image(folder / "a.jpg")
+    again = detector([image, folder / "a.jpg"])
+    assert torch.equal(again[0]["boxes"], result["boxes"]) and torch.equal(again[1]["scores"], result["scores"])
+    one = detector(image, boxes=np.array([[10.0, 10, 60, 60]], np.float32))
+    assert len(one["boxes"]) <= 3  # one window: at most one box per class (3 classes)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB"):
+        detector(np.zeros((5, 5), np.uint8))
