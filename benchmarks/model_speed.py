@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from machine import machine_info  # benchmarks/ is the script's own directory
 from spp_det.models import RCNN, build_detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def main() -> None:
     wh = rng.uniform(20, 300, (args.windows, 2))
     boxes = torch.tensor(np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1), dtype=torch.float32)
     result = {"image": [h, w], "scale": args.scale, "windows": args.windows, "threads": args.threads,
-              "device": args.device, "machine": platform.processor() or platform.machine(), "trunks": {}}
+              "device": args.device, "machine": machine_info(), "trunks": {}}
     for name in args.trunks:
         cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
         cfg.scales = [args.scale]

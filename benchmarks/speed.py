@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from model_speed import timed  # benchmarks/ is the script's own directory
+from machine import describe, machine_info  # benchmarks/ is the script's own directory
+from model_speed import timed
 
 from spp_det.data import read_image
 from torchvision.ops import roi_pool
@@ -155,8 +155,8 @@ def main() -> None:
     if bf16_supported("cpu"):
         variants += [("bfloat16", None), ("bfloat16", tuple(args.svd_rank))]
     result = {"images": [f.name for f in files], "windows_per_image": args.windows, "trunk": args.trunk,
-              "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "cpu_bf16": bf16_supported("cpu"), "variants": []}
+              "threads": args.threads, "machine": machine_info(), "cpu_bf16": bf16_supported("cpu"), "variants": []}
+    print(f"measured on: {describe(result['machine'])}")
     for precision, ranks in variants:
         m = build_detector(cfg, num_classes=20, pretrained=False).eval()
         m.load_state_dict(model.state_dict())
@@ -195,7 +195,8 @@ def main() -> None:
 
 def print_table(result: dict) -> None:
     stages = ("trunk", "projection", "pooling", "heads", "decode_nms", "total")
-    print(f"\n{result['trunk']}, {len(result['images'])} coco128 photos, {result['windows_per_image']} windows "
+    print(f"\nmeasured on: {describe(result['machine'])}")
+    print(f"{result['trunk']}, {len(result['images'])} coco128 photos, {result['windows_per_image']} windows "
           f"per image, {result['threads']} threads; seconds per image")
     print("| variant | mode | " + " | ".join(stages) + " | R-CNN / SPP |")
     print("|---" * (len(stages) + 3) + "|")
