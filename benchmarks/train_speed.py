@@ -35,7 +35,7 @@ def main() -> None:
     try:
         from spp_det.training.trainer import Trainer
     except ImportError:  # the layout before the engine was split, for before/after numbers
-        from spp_det.engine.train import Trainer
+        from spp_det.engine.trainer import Trainer
 
     overrides = [f"solver.max_iter={args.iters}", f"train.log_every={args.log_every}", "test_at_end=false",
                  f"train.val_every={10 ** 9}", f"train.checkpoint_every={10 ** 9}", *args.overrides]

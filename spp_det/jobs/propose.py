@@ -48,11 +48,12 @@ def propose_job(cfg: DictConfig) -> dict | None:
         return None  # no ground truth: nothing to measure
     recall = proposal_recall([p for p, _ in keep], [g for _, g in keep])
     recall.update({"seconds_per_image": stats.seconds_per_image if stats.computed else None,
-                   "settings": ss.as_dict(), "dataset": dataset.name, "split": cfg.split,
+                   "settings": store.settings, "dataset": dataset.name, "split": cfg.split,
                    "shard": cfg.shard, "num_shards": cfg.num_shards})
     write_json_atomic(out_dir / "recall.json", recall)
     print(json.dumps({k: v for k, v in recall.items() if k != "recall_vs_num_proposals"}, indent=1))
     if cfg.plot:
         plot_recall(recall["recall_vs_num_proposals"], out_dir / "recall.png",
-                    f"{dataset.name}/{cfg.split}: selective search ({ss.mode}, {ss.max_size} px)")
+                    f"{dataset.name}/{cfg.split}: " + (f"selective search ({ss.mode}, {ss.max_size} px)" if ss is not None
+                                                        else "imported proposals"))
     return recall

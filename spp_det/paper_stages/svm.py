@@ -86,6 +86,7 @@ class ClassSVM:
         self.new_since_retrain = 0
         self.trained = False  # an SVM was fitted (it had positives and negatives)
         self.retrains = 0
+        self.updated_now = False  # retrained at the image just mined
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w + self.b
@@ -157,11 +158,13 @@ def train_svms(passes: Callable[[int], Iterator[WindowFeatures]], num_classes: i
                 added += svm.add_hard(wf.index, x[idx], idx, s.hard_margin)
                 # spp_train.m: update after the first image, then once MORE than
                 # retrain_limit new negatives have gathered (and after the last image)
-                if first_time or svm.new_since_retrain > s.retrain_limit:
+                svm.updated_now = first_time or svm.new_since_retrain > s.retrain_limit
+                if svm.updated_now:
                     svm.retrain(s)
             first_time = False
-        for svm in svms:
-            svm.retrain(s)
+        for svm in svms:  # the update at the last image (once, if that image did not update it)
+            if not svm.updated_now:
+                svm.retrain(s)
         added_per_epoch.append(added)
         log.info("SVM hard-negative epoch %d: %d negatives added", epoch, added)
         if added == 0:

@@ -14,6 +14,7 @@ import torch
 from ..boxes import box_iou
 from ..data import DetectionDataset
 from ..errors import SppDetError
+from ..files import WriteError
 from ..models import FeatureMap, SPPNet
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
                 else torch.zeros(len(boxes))
             try:
                 maps = maps_of(i)
+            except WriteError:  # a full disk is the run's problem, not this image's
+                raise
             except SppDetError as exc:
                 if skipped is not None and str(t.path) not in skipped:
                     skipped[str(t.path)] = str(exc)

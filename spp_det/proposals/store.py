@@ -116,7 +116,6 @@ class ProposalStore:
         """Write one entry into ``store_dir`` (also what worker processes call: no store
         object, no settings I/O)."""
         path = cls.path_for(Path(store_dir), key)
-        path.parent.mkdir(exist_ok=True)
         write_atomic(path, encode_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
 
     def _image_path(self, paths: dict, image_id, source: Path) -> Path:

@@ -177,6 +177,10 @@ class Checkpointer:
         if len(states) != self.world:
             raise SppDetError(f"{path}: written by {len(states)} process(es), resumed with {self.world}: "
                               f"resume with the same number of processes")
+        if len(ckpt["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise SppDetError(f"{path}: written by an older version of spp_det (its optimizer has "
+                              f"{len(ckpt['optimizer']['param_groups'])} parameter group(s), this one "
+                              f"{len(self.optimizer.param_groups)}): start afresh, or resume with the version that wrote it")
         load_weights(self.model, ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

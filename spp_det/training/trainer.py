@@ -126,8 +126,8 @@ class Trainer:
         tc, p, max_iter = self.cfg.train, self.progress, int(self.cfg.solver.max_iter)
         checkpoints = self.checkpoints
         checkpoints.start()
-        run_log = RunLog(self.out_dir, self.rank, p, max_iter)
         stream, validate = self._train_stream(), self._validator()
+        run_log = RunLog(self.out_dir, self.rank, p, max_iter)  # its clock starts after set-up
         net = self.ddp or self.model
         self.model.train()
 
