@@ -27,6 +27,10 @@ class WriteError(SppDetError, OSError):
         return str(self.strerror)  # "<file>: cannot write (<reason>)", without "[Errno N]"
 
 
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    return WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})")
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename); creates the folder.
     A failure (e.g. ENOSPC) leaves the old file and raises :class:`WriteError` naming ``path``."""
@@ -35,7 +39,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise _write_error(path, exc) from exc
     try:
         # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask),
         # or caches and checkpoints shared with a group become unreadable to it
@@ -50,7 +54,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, SppDetError):
-            raise WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
+            raise _write_error(path, exc) from exc
         raise
 
 

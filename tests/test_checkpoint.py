@@ -31,16 +31,10 @@ def test_resume_path_rules(tmp_path):
 
 
 def test_resuming_a_checkpoint_without_per_rank_state_is_a_clear_error(tmp_path, shapes_root, tiny_checkpoint):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import ROOT
     from spp_det.training.trainer import Trainer
     old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k not in ("format", "rng", "draws")}
     save_checkpoint(tmp_path / "old.pt", old)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e",
-                                          f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
-                                          "dataset.generate.num_test=6", "model.hidden=32", "train.val_fraction=0"])
+    cfg = _resume_cfg(shapes_root)
     with pytest.raises(SppDetError, match=r"old.pt: written by an older version of spp_det"):
         Trainer(cfg, tmp_path / "run").resume(tmp_path / "old.pt")
 
@@ -48,9 +42,6 @@ def test_resuming_a_checkpoint_without_per_rank_state_is_a_clear_error(tmp_path,
 def test_resuming_a_checkpoint_with_one_optimizer_group_is_a_clear_error(tmp_path, shapes_root, tiny_checkpoint):
     """last.pt files written before biases got their own parameter group (train=released's
     bias rules) hold one group: a clear error, not torch's ValueError."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import ROOT
     from spp_det.training.trainer import Trainer
     old = load_checkpoint(tiny_checkpoint.parent / "last.pt")
     old = {k: v for k, v in old.items() if k != "format"}
@@ -58,9 +49,18 @@ def test_resuming_a_checkpoint_with_one_optimizer_group_is_a_clear_error(tmp_pat
     assert len(groups) == 2
     old["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]}]
     save_checkpoint(tmp_path / "old.pt", old)
+    cfg = _resume_cfg(shapes_root)
+    with pytest.raises(SppDetError, match=r"old.pt: written by an older version of spp_det \(its optimizer has 1 "):
+        Trainer(cfg, tmp_path / "run").resume(tmp_path / "old.pt")
+
+
+def _resume_cfg(shapes_root):
+    """The tiny training config the resume tests build a Trainer from."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["model=zf5_small", "train=shapes_e2e", "solver=shapes_e2e",
                                           f"dataset.root={shapes_root}", "dataset.generate.num_trainval=8",
                                           "dataset.generate.num_test=6", "model.hidden=32", "train.val_fraction=0"])
-    with pytest.raises(SppDetError, match=r"old.pt: written by an older version of spp_det \(its optimizer has 1 "):
-        Trainer(cfg, tmp_path / "run").resume(tmp_path / "old.pt")
+    return cfg

@@ -79,14 +79,14 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     and, for VOC-layout data, the devkit's submission files."""
     rank, world = init_distributed(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint)
-    t = cfg.test
-    scales = tuple(t.scales) if t.scales else None
-    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, t.get("precision", "float32"),
-                                        cfg.get("proposals"), t.get("classifier", "auto"), t.get("bbox_reg", "auto"),
-                                        t.get("svd_rank"), cfg.get("rcnn"), scales, t.score_thresh, t.nms_thresh,
-                                        t.max_per_image, loaded=ckpt)
-    if t.get("flip") is not None:
-        detector.model.test_flip = bool(t.flip)
+    test = cfg.test
+    scales = tuple(test.scales) if test.scales else None
+    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, test.get("precision", "float32"),
+                                        cfg.get("proposals"), test.get("classifier", "auto"),
+                                        test.get("bbox_reg", "auto"), test.get("svd_rank"), cfg.get("rcnn"), scales,
+                                        test.score_thresh, test.nms_thresh, test.max_per_image, loaded=ckpt)
+    if test.get("flip") is not None:
+        detector.model.test_flip = bool(test.flip)
     runner, store, ss = detector.runner, detector.store, detector.ss
     node = dataset_config(cfg, ckpt)
     dataset = build_dataset(node, cfg.split).take(cfg.subset)
@@ -94,9 +94,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     if ckpt.get("train_images"):
         dataset.check_disjoint(set(ckpt["train_images"]), f"split '{cfg.split}'")
     rcnn = isinstance(runner, RCNN)
-    detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, cfg.test.score_thresh,
-                                                  cfg.test.nms_thresh, cfg.test.max_per_image, rank, world,
-                                                  max_windows=cfg.test.get("max_windows"),
+    detections, timing, failures = detect_dataset(runner, dataset, store, ss, scales, test.score_thresh,
+                                                  test.nms_thresh, test.max_per_image, rank, world,
+                                                  max_windows=test.get("max_windows"),
                                                   workers=inference_workers(cfg.get("loader_workers"), cfg.device,
                                                                             sum(not store.has(t.path) for t in dataset.targets)))
     if rank != 0:
@@ -111,9 +111,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
                                extra={"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),
                                       "iteration": ckpt.get("iteration"), "stages": ckpt.get("stages", {}).get("name"),
                                       "proposals": store.settings,
-                                      **inference_settings(runner, scales, cfg.test.score_thresh, cfg.test.nms_thresh,
-                                                           cfg.test.max_per_image, cfg.test.get("max_windows"),
-                                                           cfg.test.get("svd_rank")),
+                                      **inference_settings(runner, scales, test.score_thresh, test.nms_thresh,
+                                                           test.max_per_image, test.get("max_windows"),
+                                                           test.get("svd_rank")),
                                       "failed_images": failures, **timing})
     report_failures(failures)
     return metrics

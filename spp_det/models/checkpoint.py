@@ -67,16 +67,14 @@ def load_weights(model: SPPNet, state: dict[str, torch.Tensor]) -> None:
     inference choice, as training did."""
     head = model.head
     if "head.svm.weight" in state:
+        # without "head.svm_learned" (written before unlearned classes were marked),
+        # set_svm reads an all-zero SVM row as never trained (it scored 0.5 everywhere)
         head.set_svm(state["head.svm.weight"], state["head.svm.bias"], float(state["head.svm_scale"]))
     if "head.ridge.weight" in state:
         head.set_ridge(state["head.ridge.weight"], state["head.ridge.bias"], float(state["head.ridge_scale"]))
     # checkpoints from before the paper's stages existed lack their scales
     own = model.state_dict()
     defaults = {k: own[k] for k in ("head.svm_scale", "head.ridge_scale", "head.learned", "head.svm_learned")}
-    if "head.svm.weight" in state and "head.svm_learned" not in state:
-        # written before unlearned classes were marked: an SVM left at w = 0, b = 0 was
-        # never trained (it scored 0.5 everywhere)
-        defaults["head.svm_learned"] = (state["head.svm.weight"] != 0).any(dim=1) | (state["head.svm.bias"] != 0)
     state = {**defaults, **state}
     model.load_state_dict(state)
     head.use("svm" if head.svm is not None else "softmax", "ridge" if head.ridge is not None else "learned")
