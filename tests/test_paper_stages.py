@@ -11,7 +11,7 @@ from test_train import make_cfg
 
 
 def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, capsys):
-    cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=20", "solver.lr=0.003", "train.val_fraction=0",
+    cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=40", "solver.lr=0.003", "train.val_fraction=0",
                    "train.classifier=svm", "train.bbox_reg=ridge", "train.ridge.lam=10",
                    "train.svm.retrain_limit=200", "test_at_end=true", "test_subset=[0,2]",
                    # 8 images hold ~20 objects: the released C (1e-3, sized for VOC's
@@ -50,10 +50,13 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
         after.append(box_iou(moved, gt).diagonal())
     neg = torch.cat(neg)
     # ranking (what AP measures): a ground-truth box outscores a negative in most pairs
-    # (0.89 measured here; chance is 0.5: this model's fc7 had 20 iterations)
+    # (chance is 0.5: this model's fc7 had 40 iterations); and most negatives fall below
+    # the SVM's zero. Measured on an AMD EPYC with seeds 0-5: pairs 0.89-0.96, negatives
+    # below zero 0.83-1.00 (20 iterations gave 0.82-0.94 and 0.92-1.00: too near the bars
+    # for another CPU's rounding)
     pairs = (torch.tensor(pos)[:, None] > neg[None, :]).float().mean()
-    assert pairs > 0.75 and float((neg < 0).float().mean()) > 0.9
-    # measured here: mean IoU 0.72 -> 0.88
+    assert pairs > 0.8 and float((neg < 0).float().mean()) > 0.75
+    # measured here: mean IoU 0.72 -> 0.87-0.89 (seeds 0-5)
     assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.05
 
 
