@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import spp_kernel
-from . import gather
 
 PROJECTIONS = ("released", "paper")
 
@@ -199,12 +198,12 @@ class SpatialPyramidPooling(nn.Module):
         if self.use_kernel and spp_kernel.AVAILABLE and features.device.type == "cpu" \
                 and features.dtype in spp_kernel.DTYPES:
             if grad:
-                pooled = gather.take(features, spp_kernel.pool_pyramid(features, unique, self.levels, True)[1])
+                pooled = spp_kernel.take(features, spp_kernel.pool_pyramid(features, unique, self.levels, True)[1])
             elif out is not None and inverse is None and out.is_contiguous() and out.dtype == features.dtype:
                 return spp_kernel.pool_pyramid(features, unique, self.levels, out=out)
             else:
                 pooled = spp_kernel.pool_pyramid(features, unique, self.levels)
-            pooled = pooled if inverse is None else gather.rows(pooled, inverse)
+            pooled = pooled if inverse is None else spp_kernel.take_rows(pooled, inverse)
             return pooled if out is None else out.copy_(pooled)
         pool = self._pool_grad if grad else self._pool_tables
         # levels are (U, n, n, C), channels last: the reductions below then run over
@@ -225,7 +224,7 @@ class SpatialPyramidPooling(nn.Module):
                 level = pool(features, unique, n)
             levels.append(level.permute(0, 3, 1, 2).reshape(u, -1))  # (C, n, n) row-major per window
         pooled = torch.cat(levels, dim=1)
-        pooled = pooled if inverse is None else gather.rows(pooled, inverse)
+        pooled = pooled if inverse is None else spp_kernel.take_rows(pooled, inverse)
         return pooled if out is None else out.copy_(pooled)
 
     def _pool_grad(self, features: torch.Tensor, windows: torch.Tensor, n: int) -> torch.Tensor:
@@ -240,7 +239,7 @@ class SpatialPyramidPooling(nn.Module):
                                 for b, x1, y1, x2, y2 in windows.tolist()]).permute(0, 2, 3, 1)
         with torch.no_grad():
             _, index = self._pool_tables(features.detach(), windows, n, with_index=True)
-        return gather.take(features, index)
+        return spp_kernel.take(features, index)
 
     def _pool_tables(self, features: torch.Tensor, windows: torch.Tensor, n: int,
                      with_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spp_det.models import SpatialPyramidPooling
-from spp_det.models.gather import rows, take
+from spp_det.models.spp_kernel import take, take_rows
 
 from test_spp import random_windows
 
@@ -21,7 +21,7 @@ def test_take_and_rows_gradients_are_per_position_sums():
     source.grad = None
     index = torch.randint(0, 6, (300,), generator=gen)
     grad = torch.randn(300, 7, generator=gen)
-    rows(source, index).backward(grad)
+    take_rows(source, index).backward(grad)
     expected = torch.stack([grad[index == r].double().sum(0) for r in range(6)])
     assert torch.allclose(source.grad.double(), expected, atol=1e-5, rtol=0)
 
