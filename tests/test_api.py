@@ -20,8 +20,8 @@ def test_detector_gives_detect_pys_boxes(tmp_path, shapes_root, tiny_checkpoint)
     props = {"cache_dir": str(tmp_path / "props"), "mode": "fast", "max_size": 200, "min_size": 4, "max_boxes": 100}
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("detect", overrides=[f"checkpoint={tiny_checkpoint}", f"input={folder}",
-                                           f"output={tmp_path / 'out'}", "score_thresh=0.0", "max_per_image=7",
-                                           "precision=float32", "workers=0",
+                                           f"output={tmp_path / 'out'}", "test.score_thresh=0.0", "test.max_per_image=7",
+                                           "test.precision=float32", "loader_workers=0",
                                            *[f"+proposals.{k}={v}" for k, v in props.items()]])
     assert detect_job(cfg) == []
     written = json.loads((tmp_path / "out" / "detections.json").read_text())

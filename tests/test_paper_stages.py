@@ -1,3 +1,5 @@
+import json
+
 import torch
 
 from spp_det.boxes import box_iou
@@ -14,6 +16,7 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     cfg = make_cfg(tmp_path, shapes_root, "solver.max_iter=40", "solver.lr=0.003", "train.val_fraction=0",
                    "train.classifier=svm", "train.bbox_reg=ridge", "train.ridge.lam=10",
                    "train.svm.retrain_limit=200", "test_at_end=true", "test_subset=[0,2]",
+                   "test.max_per_image=2",  # the end-of-training test reads eval.py's test keys
                    # 8 images hold ~20 objects: the released C (1e-3, sized for VOC's
                    # thousands) would let the regulariser win and give w ~ 0
                    "train.svm.C=10")
@@ -21,6 +24,11 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["stages"]["name"] == "SVMs + ridge box regression"
     assert metrics["weights"].endswith(", SVMs + ridge box regression")
+    assert (metrics["max_per_image"], metrics["classifier"], metrics["bbox_reg"]) == (2, "svm", "ridge")
+    per_image = {}
+    for d in json.loads((tmp_path / "run" / "detections.json").read_text()):
+        per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
+    assert sorted(per_image.values()) == [2, 2]
     assert "SVMs + ridge box regression fitted on the training images" in capsys.readouterr().out
     model = model_from_checkpoint(best)
     assert (model.head.classifier, model.head.box_head) == ("svm", "ridge")

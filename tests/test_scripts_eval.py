@@ -117,7 +117,7 @@ def _compose_eval(*overrides):
 
 def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_root, tiny_checkpoint):
     """No dataset= on the command line: the checkpoint's own data set, classes and split
-    layout; +dataset.<key> changes one key of it; the VOC devkit result files are written."""
+    layout; dataset.root= (as in train.py) moves it; the VOC devkit result files are written."""
     import shutil
 
     from spp_det.jobs.eval import evaluate_checkpoint
@@ -127,7 +127,7 @@ def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_
     assert sorted(metrics["AP"]) == ["ellipse", "rectangle", "triangle"]
     moved = tmp_path / "moved"
     shutil.copytree(shapes_root, moved)
-    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", f"+dataset.root={moved}", "test.max_windows=50", "plot=false")
+    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", f"dataset.root={moved}", "test.max_windows=50", "plot=false")
     again = evaluate_checkpoint(cfg, tmp_path / "b")
     assert again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-9)
     dets = json.loads((tmp_path / "b" / "detections.json").read_text())

@@ -64,6 +64,20 @@ class Detector:
         return cls(runner_for(model, ckpt, rcnn), ckpt["classes"], store, ss, scales, score_thresh, nms_thresh,
                    max_per_image)
 
+    @classmethod
+    def from_test_config(cls, path: str | Path, test: Any, device: str = "cpu", proposals: dict | Any | None = None,
+                         rcnn: bool | None = None, loaded: dict | None = None) -> "Detector":
+        """:meth:`from_checkpoint` with the settings of a config's ``test`` node (eval.py,
+        detect.py and train.py share its keys: scales, score_thresh, nms_thresh,
+        max_per_image, flip, precision, svd_rank, classifier, bbox_reg)."""
+        detector = cls.from_checkpoint(path, device, test.get("precision", "float32"), proposals,
+                                       test.get("classifier", "auto"), test.get("bbox_reg", "auto"),
+                                       test.get("svd_rank"), rcnn, test.get("scales"), test.score_thresh,
+                                       test.nms_thresh, test.max_per_image, loaded)
+        if test.get("flip") is not None:
+            detector.model.test_flip = bool(test.flip)
+        return detector
+
     @property
     def model(self) -> SPPNet:
         return self.runner.detector if isinstance(self.runner, RCNN) else self.runner

@@ -33,9 +33,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     entries = list_images(cfg.input)
     pictures = output_names([n for _, n in entries])
     check_output(cfg.input, cfg.output, [f for f, _ in entries], pictures)  # never write over a photo
-    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, cfg.precision, cfg.get("proposals"),
-                                        cfg.classifier, cfg.bbox_reg, cfg.svd_rank, cfg.get("rcnn"), cfg.scales,
-                                        cfg.score_thresh, cfg.nms_thresh, cfg.max_per_image)
+    detector = Detector.from_test_config(cfg.checkpoint, cfg.test, cfg.device, cfg.get("proposals"), cfg.get("rcnn"))
     classes, store, ss = detector.classes, detector.store, detector.ss
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +41,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     # a pipeline: loader processes read each image and fetch its stored windows (or run
     # selective search on a miss, one image per process) while the model runs here
     missing = sum(not store.has(f) for f in files)
-    workers = inference_workers(cfg.get("workers"), cfg.device, missing)
+    workers = inference_workers(cfg.get("loader_workers"), cfg.device, missing)
     loader = DataLoader(Files(files, store, ss), batch_size=None, **loader_kwargs(workers))
     failures: list[str] = []
     results = []

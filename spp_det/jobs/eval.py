@@ -2,7 +2,7 @@
 
 With a checkpoint, the data set, its classes and the proposal settings are the ones the
 checkpoint was trained with unless the command line says otherwise: ``dataset=<name>``
-picks another data set, ``+dataset.root=...`` (or any ``+dataset.<key>``) changes a key
+picks another data set, ``dataset.root=...`` (or any ``+dataset.<key>``) changes a key
 of the checkpoint's own.
 """
 from __future__ import annotations
@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 
 def dataset_config(cfg: DictConfig, ckpt: dict | None) -> DictConfig:
     """The data set node to evaluate on: the user's choice (``dataset=<name>``), else the
-    checkpoint's, with any ``+dataset.<key>`` the user gave merged over it; classes left
+    checkpoint's, with the keys the user gave (``dataset.root=``, ``+dataset.<key>=``) merged over it; classes left
     unset (null) are the checkpoint's."""
     given = cfg.dataset if "dataset" in cfg else None
+    if given is not None and "kind" not in given:  # keys over the checkpoint's (dataset.root=...)
+        given = OmegaConf.create({k: v for k, v in given.items() if v is not None}) or None
     if ckpt is None:
         if given is None or "kind" not in given:
             raise SppDetError("scoring a detections file needs the data set: give dataset=<name>")
@@ -81,12 +83,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
     ckpt = load_checkpoint(cfg.checkpoint)
     test = cfg.test
     scales = tuple(test.scales) if test.scales else None
-    detector = Detector.from_checkpoint(cfg.checkpoint, cfg.device, test.get("precision", "float32"),
-                                        cfg.get("proposals"), test.get("classifier", "auto"),
-                                        test.get("bbox_reg", "auto"), test.get("svd_rank"), cfg.get("rcnn"), scales,
-                                        test.score_thresh, test.nms_thresh, test.max_per_image, loaded=ckpt)
-    if test.get("flip") is not None:
-        detector.model.test_flip = bool(test.flip)
+    detector = Detector.from_test_config(cfg.checkpoint, test, cfg.device, cfg.get("proposals"), cfg.get("rcnn"),
+                                         loaded=ckpt)
     runner, store, ss = detector.runner, detector.store, detector.ss
     node = dataset_config(cfg, ckpt)
     dataset = build_dataset(node, cfg.split).take(cfg.subset)

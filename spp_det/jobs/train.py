@@ -12,7 +12,7 @@ from ..distributed import on_rank0
 from ..evaluation.detections import to_results
 from ..evaluation.evaluate import score_and_report
 from ..files import write_json_atomic
-from ..inference.predict import detect_dataset, inference_settings, report_failures
+from ..inference.predict import configure_inference, detect_dataset, inference_settings, report_failures
 from ..models import RCNN
 from ..models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from ..paper_stages.fit import fit_paper_stages
@@ -27,6 +27,9 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     """scripts/train.py: train, then (``test_at_end``) evaluate the weights the user is
     told to use, ``best.pt``, on the test split. Returns the test metrics on rank 0."""
     t0 = time.perf_counter()
+    for line in describe_recipe(cfg):
+        log.info("%s", line)
+        print(line)
     trainer = Trainer(cfg, out_dir)
     test_set = None
     if cfg.test_at_end:  # checked before hours of training, not after
@@ -47,21 +50,28 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     best = load_checkpoint(best_path)
     model = trainer.model
     load_weights(model, best["model"])
-    model.set_precision("float32")  # the model's number, not the machine's (bf16 only when asked, in eval)
+    test = cfg.test  # eval.py's keys; precision float32 by default: the model's number, not the machine's
+    configure_inference(model, test)
+    if test.get("flip") is not None:
+        model.test_flip = bool(test.flip)
+    scales = tuple(test.scales) if test.get("scales") else None
     weights = f"best.pt, iteration {best['iteration']}" + (f", {best['stages']['name']}" if "stages" in best else "")
     store, ss = trainer.store, trainer.ss
     on_rank0(lambda: compute_missing(store, [t.path for t in test_set.targets], ss, workers=cfg.get("workers")),
              trainer.rank, trainer.world, None)
     runner = RCNN(model).eval() if cfg.train.get("rcnn") else model
-    dets, timing, failures = detect_dataset(runner, test_set, store, ss, rank=trainer.rank, world=trainer.world,
-                                            workers=trainer.loader_workers)
+    dets, timing, failures = detect_dataset(runner, test_set, store, ss, scales, test.score_thresh, test.nms_thresh,
+                                            test.max_per_image, trainer.rank, trainer.world,
+                                            max_windows=test.get("max_windows"), workers=trainer.loader_workers)
     if trainer.rank != 0:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(test_set, dets))
     metrics = score_and_report(test_set, dets, cfg.dataset.metric, out_dir,
                                extra={"weights": weights, "checkpoint_sha1": image_digest(best_path),
                                       "iteration": best["iteration"], "stages": best.get("stages", {}).get("name"),
-                                      **inference_settings(runner, None, 0.001, 0.3, 100, None, None),
+                                      **inference_settings(runner, scales, test.score_thresh, test.nms_thresh,
+                                                           test.max_per_image, test.get("max_windows"),
+                                                           test.get("svd_rank")),
                                       "proposals": store.settings,
                                       "train_seconds": train_s,
                                       "total_seconds": time.perf_counter() - t0, "failed_images": failures,
@@ -70,6 +80,24 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
           f"(total {metrics['total_seconds']:.0f} s)")
     report_failures(failures)
     return metrics
+
+
+def describe_recipe(cfg: DictConfig) -> list[str]:
+    """What this run trains with, in one line; and a warning when a real data set is
+    trained with no recipe, whose defaults (configs/train.yaml) are the shapes demo's."""
+    m, s, t = cfg.model, cfg.solver, cfg.train
+    lines = [f"recipe {cfg.get('recipe') or '(none: configs/train.yaml defaults + command line)'}: "
+             f"{cfg.dataset.name}, {m.trunk.name} ({'fine-tuned' if t.finetune_conv else 'frozen'}), "
+             f"levels {list(m.levels)}, fc {m.hidden} ({m.fc_init}), train scales {list(m.train_scales)}"
+             f"{' + flips' if t.flip else ''}, test scales {list(cfg.test.scales or m.scales)}, "
+             f"proposals {cfg.proposals.get('mode', cfg.proposals.get('source'))} "
+             f"(max_size {cfg.proposals.get('max_size')}), {s.name} lr {s.lr} for {s.max_iter} iterations"]
+    if not cfg.get("recipe") and cfg.dataset.name != "shapes":
+        lines.append(f"warning: {cfg.dataset.name} without a recipe: every setting not on the command line is the "
+                     f"shapes demo's (configs/train.yaml). For a whole recipe pass +experiment=<name> "
+                     f"(configs/experiment/: voc07_alexnet, voc07_vgg16, voc0712_alexnet, voc0712_vgg16, "
+                     f"coco_vgg16, voc2012_1800_lite0)")
+    return lines
 
 
 def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
