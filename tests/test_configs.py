@@ -92,3 +92,13 @@ def test_eval_moves_the_checkpoints_data_set_with_dataset_root():
     assert dataset_config(_compose("eval", "checkpoint=c.pt"), ckpt).root == "data/VOCdevkit"
     # another data set by name replaces the checkpoint's whole node
     assert dataset_config(_compose("eval", "checkpoint=c.pt", "dataset=coco"), ckpt).name == "coco"
+
+
+def test_own_data_on_the_command_line_keeps_the_recipe():
+    """The README's own-data command: a recipe, with the data set given key by key."""
+    cfg = _compose("train", "+experiment=voc2012_1800_lite0", "dataset=voc07", "dataset.name=mine",
+                   "dataset.root=/data/mine", "dataset.classes=[scratch,dent]",
+                   "dataset.splits.train=[{dir: part1, split: train}]", "dataset.splits.test=[{dir: part1, split: test}]")
+    assert (cfg.dataset.name, cfg.dataset.root, list(cfg.dataset.classes), cfg.dataset.splits.train[0].dir) == \
+        ("mine", "/data/mine", ["scratch", "dent"], "part1")
+    assert (cfg.recipe, cfg.model.trunk.name) == ("voc2012_1800_lite0", "efficientnet_lite0_dilated")

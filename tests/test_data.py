@@ -314,3 +314,32 @@ def test_voc2012_1800_data_set_config_counts():
     every = build_dataset(cfg, "train")
     present = {every.classes[int(label) - 1] for t in every.targets for label in t.labels}
     assert len(every.classes) == 20 and len(present) == 18 and not {"aeroplane", "train"} & present
+
+
+def test_voc_layout_finds_any_image_format_and_reads_an_unannotated_split(tmp_path, shapes_root):
+    """PNG images in JPEGImages are found; a part marked annotated: false (VOC2012 test)
+    loads with no boxes, its sizes from the images, and is flagged as unscorable."""
+    import shutil
+
+    import cv2
+    base = tmp_path / "VOC" / "T"
+    (base / "JPEGImages").mkdir(parents=True)
+    (base / "ImageSets" / "Main").mkdir(parents=True)
+    src = shapes_root / "SHAPES" / "JPEGImages"
+    first, second = sorted(src.glob("*.jpg"))[:2]
+    cv2.imwrite(str(base / "JPEGImages" / "a.png"), cv2.imread(str(first)))
+    shutil.copy(second, base / "JPEGImages" / "b.jpg")
+    (base / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    node = OmegaConf.create({"kind": "voc", "name": "mine", "root": str(tmp_path / "VOC"),
+                             "classes": ["ellipse", "rectangle", "triangle"], "metric": "voc07",
+                             "splits": {"test": [{"dir": "T", "split": "test", "annotated": False}]}})
+    ds = build_dataset(node, "test")
+    assert not ds.annotated and [t.path.name for t in ds.targets] == ["a.png", "b.jpg"]
+    h, w = cv2.imread(str(first)).shape[:2]
+    assert (ds.targets[0].height, ds.targets[0].width, len(ds.targets[0].boxes)) == (h, w, 0)
+    image, _ = ds[0]
+    assert image.shape == (h, w, 3)
+    # the same folder as an annotated split: the missing annotation is named, with the way out
+    node.splits.test[0].annotated = True
+    with pytest.raises(SppDetError, match=r"a\.xml: annotation listed in .*annotated: false"):
+        build_dataset(node, "test")

@@ -173,3 +173,26 @@ def test_eval_number_does_not_depend_on_the_cpus_bf16(tmp_path, tiny_checkpoint,
     # bf16 is an explicit opt-in, and recorded
     cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false", "test.precision=auto")
     assert evaluate_checkpoint(cfg, tmp_path / "auto")["precision"] == "float32"  # bf16_supported -> False now
+
+
+def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, shapes_root, tiny_checkpoint):
+    """VOC2012 test has no public boxes: eval.py detects, writes detections.json and the
+    devkit's comp4 files for the evaluation server, and scores nothing."""
+    import shutil
+
+    from spp_det.jobs.eval import evaluate_checkpoint
+    base = tmp_path / "VOC" / "T"
+    (base / "ImageSets" / "Main").mkdir(parents=True)
+    shutil.copytree(shapes_root / "SHAPES" / "JPEGImages", base / "JPEGImages")
+    (base / "ImageSets" / "Main" / "test.txt").write_text("000009\n000010\n")
+    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "plot=false", "test.max_windows=50",
+                        f"+dataset.splits.unlabelled=[{{dir: T, split: test, annotated: false}}]",
+                        f"dataset.root={tmp_path / 'VOC'}", "split=unlabelled")
+    metrics = evaluate_checkpoint(cfg, tmp_path / "run")
+    assert metrics["scored"] is False and metrics["num_images"] == 2 and "mAP" not in metrics
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["scored"] is False
+    dets = json.loads((tmp_path / "run" / "detections.json").read_text())
+    lines = [line for name in ("ellipse", "rectangle", "triangle")
+             for line in (tmp_path / "run" / "results" / "T" / "Main" / f"comp4_det_unlabelled_{name}.txt")
+             .read_text().splitlines()]
+    assert len(lines) == len(dets) > 0 and {line.split()[0] for line in lines} <= {"000009", "000010"}

@@ -25,11 +25,12 @@ def build_dataset(cfg: Any, split: str) -> DetectionDataset:
     part = cfg.splits[split]
     root = Path(cfg.root)
     classes = list(cfg.classes) if cfg.get("classes") else None
+    parts = [(p.dir, p.split, p.get("annotated", True)) for p in part] if cfg.kind in ("shapes", "voc") else None
     if cfg.kind == "shapes":
         generate_shapes(root, **cfg.generate)
-        dataset = load_voc(root, [(p.dir, p.split) for p in part], classes, cfg.name, SHAPES_CLASSES)
+        dataset = load_voc(root, parts, classes, cfg.name, SHAPES_CLASSES)
     elif cfg.kind == "voc":
-        dataset = load_voc(root, [(p.dir, p.split) for p in part], classes, cfg.name, VOC_CLASSES)
+        dataset = load_voc(root, parts, classes, cfg.name, VOC_CLASSES)
     elif cfg.kind == "coco":
         ids, exclude = part.get("image_ids"), part.get("exclude_image_ids")
         dataset = CocoDetection(root / part.images, root / part.annotations, classes, cfg.name,

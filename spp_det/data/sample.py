@@ -106,12 +106,15 @@ class DetectionDataset:
     ``known_classes``: every class name the annotations could carry (the data set's own
     list plus any name met in its files); ``dataset.classes`` picks some of them.
     ``skipped``: objects left out on load, by reason (e.g. "outside dataset.classes: dog"),
-    reported once by :meth:`report_skipped`.
+    reported once by :meth:`report_skipped`. ``annotated``: False for a split without
+    boxes (e.g. VOC2012 test): detected and written out, never scored or trained on.
     """
 
     def __init__(self, name: str, classes: list[str], targets: list[Target],
-                 known_classes: list[str] | None = None, skipped: dict[str, int] | None = None) -> None:
+                 known_classes: list[str] | None = None, skipped: dict[str, int] | None = None,
+                 annotated: bool = True) -> None:
         self.name = name
+        self.annotated = annotated
         self.classes = list(classes)
         self.targets = targets
         self.known_classes = sorted(set(known_classes or []) | set(self.classes))

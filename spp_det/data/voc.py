@@ -11,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+import cv2
 import torch
 
 from ..boxes import voc_to_xyxy
 from ..errors import SppDetError
-from .sample import DetectionDataset, Target, check_box
+from .sample import IMAGE_SUFFIXES, DetectionDataset, Target, check_box
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -70,12 +71,41 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], image_path: Path,
                   ignore=torch.tensor(ignore, dtype=torch.bool))
 
 
-def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[str] | None = None,
+def image_files(folder: Path) -> dict[str, Path]:
+    """Image stem -> file in a VOC ``JPEGImages`` folder: any format OpenCV reads (a
+    ``.jpg`` wins over another file of the same stem)."""
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        for f in sorted(folder.iterdir(), key=lambda f: f.suffix.lower() != ".jpg"):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(f.stem, f)
+    return found
+
+
+def unannotated_target(xml: Path, image: Path, stem: str) -> Target:
+    """An image of a split without annotations (e.g. VOC2012 test): its size from the
+    XML when there is one, else from the image; no boxes."""
+    if xml.is_file():
+        target = parse_voc_xml(xml, {}, image, stem)
+        height, width = target.height, target.width
+    else:
+        decoded = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+        if decoded is None:
+            raise SppDetError(f"{image}: not a readable image")
+        height, width = decoded.shape[:2]
+    return Target(image_id=stem, path=image, height=height, width=width, boxes=torch.zeros((0, 4)),
+                  labels=torch.zeros(0, dtype=torch.int64), ignore=torch.zeros(0, dtype=torch.bool))
+
+
+def load_voc(root: str | Path, parts: Iterable[tuple], classes: list[str] | None = None,
              name: str = "voc", default_classes: list[str] = VOC_CLASSES) -> DetectionDataset:
     """Load VOC-layout parts.
 
     root: folder that holds the year folders (e.g. ``data/VOCdevkit``).
-    parts: (dir, split) pairs, e.g. ``[("VOC2007", "trainval"), ("VOC2012", "trainval")]``.
+    parts: (dir, split) pairs, e.g. ``[("VOC2007", "trainval"), ("VOC2012", "trainval")]``,
+    or (dir, split, annotated) triples: ``annotated=False`` for a split without boxes
+    (e.g. VOC2012 test): its images are detected and written out, never scored or trained on.
+    Images: ``JPEGImages/<id>.<any format OpenCV reads>``.
     classes: class names in label order (1..C); ``default_classes`` (VOC's 20) when None.
     A name in ``classes`` that is neither a default class nor met in any annotation is an
     error listing the known names (a typo would otherwise train with no positives).
@@ -88,8 +118,12 @@ def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[s
     skipped: Counter = Counter()
     met: set[str] = set()  # every object name in the files
     seen: dict[str, Path] = {}
-    for sub, split in parts:
+    annotated = {bool(p[2]) if len(p) > 2 else True for p in parts}
+    if len(annotated) > 1:
+        raise SppDetError(f"dataset '{name}': a split cannot mix annotated and unannotated parts")
+    for sub, split, *rest in parts:
         base = root / sub
+        images = image_files(base / "JPEGImages")
         split_file = base / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise SppDetError(f"{split_file}: split file not found (is the VOC data set under "
@@ -102,13 +136,20 @@ def load_voc(root: str | Path, parts: Iterable[tuple[str, str]], classes: list[s
                 raise SppDetError(f"{split_file}: image id '{stem}' also in {seen[stem]}")
             seen[stem] = split_file
             xml = base / "Annotations" / f"{stem}.xml"
-            image = base / "JPEGImages" / f"{stem}.jpg"
+            image = images.get(stem)
+            if image is None:
+                raise SppDetError(f"{base / 'JPEGImages' / stem}.jpg (or .png, ...): image listed in {split_file} "
+                                  f"is missing")
+            if rest and not rest[0]:
+                targets.append(unannotated_target(xml, image, stem))
+                continue
             if not xml.is_file():
-                raise SppDetError(f"{xml}: annotation listed in {split_file} is missing")
+                raise SppDetError(f"{xml}: annotation listed in {split_file} is missing (a split without "
+                                  f"annotations: give its part annotated: false)")
             targets.append(parse_voc_xml(xml, class_to_label, image, stem, skipped, met))
     known = set(default_classes) | met
     unknown = [c for c in classes if c not in known]
-    if unknown:
+    if unknown and annotated != {False}:  # a split without annotations names no class
         raise SppDetError(f"dataset '{name}': unknown class name(s) {unknown} in dataset.classes; "
                           f"known: {sorted(known)}")
-    return DetectionDataset(name, classes, targets, sorted(known), dict(skipped))
+    return DetectionDataset(name, classes, targets, sorted(known), dict(skipped), annotated=annotated != {False})

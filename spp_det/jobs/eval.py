@@ -105,14 +105,18 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir, year_dir)}")
     print(f"{'R-CNN' if rcnn else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
-    metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot,
-                               extra={"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),
-                                      "iteration": ckpt.get("iteration"), "stages": ckpt.get("stages", {}).get("name"),
-                                      "proposals": store.settings,
-                                      **inference_settings(runner, scales, test.score_thresh, test.nms_thresh,
-                                                           test.max_per_image, test.get("max_windows"),
-                                                           test.get("svd_rank")),
-                                      "failed_images": failures, **timing})
+    extra = {"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),
+             "iteration": ckpt.get("iteration"), "stages": ckpt.get("stages", {}).get("name"),
+             "proposals": store.settings,
+             **inference_settings(runner, scales, test.score_thresh, test.nms_thresh, test.max_per_image,
+                                  test.get("max_windows"), test.get("svd_rank")),
+             "failed_images": failures, **timing}
+    if dataset.annotated:
+        metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot, extra=extra)
+    else:  # e.g. VOC2012 test: the files above go to the evaluation server
+        metrics = {"scored": False, "num_images": len(dataset), **extra}
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        print(f"split '{cfg.split}' has no annotations: {len(dataset)} images detected and written, not scored")
     report_failures(failures)
     return metrics
 
@@ -125,6 +129,9 @@ def evaluate_job(cfg: DictConfig) -> dict:
     if cfg.detections is not None:
         node = dataset_config(cfg, None)
         dataset = build_dataset(node, cfg.split).take(cfg.subset)
+        if not dataset.annotated:
+            raise SppDetError(f"dataset '{dataset.name}' split '{cfg.split}' has no annotations: nothing to score "
+                              f"{cfg.detections} against")
         detections = from_results(dataset, load_results(cfg.detections), str(cfg.detections))
         return score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot)
     return evaluate_checkpoint(cfg, out_dir)

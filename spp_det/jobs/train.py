@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..data import build_dataset, image_digest
 from ..distributed import on_rank0
+from ..errors import SppDetError
 from ..evaluation.detections import to_results
 from ..evaluation.evaluate import score_and_report
 from ..files import write_json_atomic
@@ -34,6 +35,9 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     test_set = None
     if cfg.test_at_end:  # checked before hours of training, not after
         test_set = build_dataset(cfg.dataset, "test").take(cfg.get("test_subset"))
+        if not test_set.annotated:
+            raise SppDetError(f"dataset '{cfg.dataset.name}': the test split has no annotations, so the test at "
+                              f"the end cannot score it: test_at_end=false, then eval.py writes its results")
         test_set.check_disjoint(set(trainer.train_images), "the test split")
     trainer.fit()
     train_s = time.perf_counter() - t0

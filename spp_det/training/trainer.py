@@ -52,6 +52,8 @@ class Trainer:
         self.loader_workers = resolve_workers(tc.get("loader_workers"), cfg.device)
         check_frozen_trunk(cfg)
         full = build_dataset(cfg.dataset, "train").take(tc.get("subset"))
+        if not full.annotated:
+            raise SppDetError(f"dataset '{cfg.dataset.name}': the train split has no annotations to train on")
         self.train_set, self.val_set = split_train_val(full, tc.val_fraction, cfg.seed)
         self.classes = full.classes
         self.train_images = sorted(full.digests())  # checked against test splits, here and in eval
