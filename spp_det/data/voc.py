@@ -136,10 +136,8 @@ def load_voc(root: str | Path, parts: Iterable[tuple], classes: list[str] | None
                 raise SppDetError(f"{split_file}: image id '{stem}' also in {seen[stem]}")
             seen[stem] = split_file
             xml = base / "Annotations" / f"{stem}.xml"
-            image = images.get(stem)
-            if image is None:
-                raise SppDetError(f"{base / 'JPEGImages' / stem}.jpg (or .png, ...): image listed in {split_file} "
-                                  f"is missing")
+            # a missing image is named where it is read (training leaves it out, eval reports it)
+            image = images.get(stem, base / "JPEGImages" / f"{stem}.jpg")
             if rest and not rest[0]:
                 targets.append(unannotated_target(xml, image, stem))
                 continue
