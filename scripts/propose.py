@@ -6,20 +6,7 @@
 Prints and writes recall.json / recall.png into the Hydra run directory when the split
 has ground truth.
 """
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from spp_det.jobs.cli import report_errors
-from spp_det.jobs.propose import propose_job
-
-
-@hydra.main(config_path="../configs", config_name="propose", version_base="1.3")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    propose_job(cfg)
-
+from spp_det.jobs.entry_points import propose
 
 if __name__ == "__main__":
-    main()
+    propose()
