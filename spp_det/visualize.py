@@ -72,6 +72,21 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]
     _save(fig, path)
 
 
+def plot_fp_breakdown(kinds: dict[str, list[str]], types: tuple[str, ...], path: str | Path) -> None:
+    """Per class, the share of each false-positive type among its top k false positives
+    (k = 1 .. all of them), stacked (R-CNN's Fig. 4); kinds: name -> types in score order."""
+    fig, axes = _figure(len(kinds))
+    for ax, (name, seq) in zip(axes, kinds.items()):
+        if seq:
+            k = np.arange(1, len(seq) + 1)
+            shares = [np.cumsum([s == t for s in seq]) / k for t in types]
+            ax.stackplot(k, shares, labels=types)
+            ax.set_xscale("log")
+            ax.legend(loc="lower left", fontsize=7)
+        ax.set(title=name, xlabel="top false positives", ylabel="share", ylim=(0, 1))
+    _save(fig, path)
+
+
 def plot_recall(recall_vs_k: dict[str, dict[str, float]], path: str | Path, title: str = "") -> None:
     """Recall vs number of proposals kept: recall_vs_k = {k: {iou threshold: recall}}."""
     fig, (ax,) = _figure(1, cell=4.5)

@@ -121,9 +121,14 @@ def test_eval_takes_data_set_and_proposals_from_the_checkpoint(tmp_path, shapes_
     import shutil
 
     from spp_det.jobs.eval import evaluate_checkpoint
-    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false")
+    cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false", "error_analysis=true")
     metrics = evaluate_checkpoint(cfg, tmp_path / "a")
     assert metrics["metric"] == "voc07" and metrics["num_images"] == 6
+    # error_analysis=true: the breakdown in metrics.json, its plot and the drawn false positives
+    fp = metrics["false_positives"]
+    assert set(fp) == {"ellipse", "rectangle", "triangle", "all"} and fp["all"]["top"] > 0
+    assert sum(fp["all"][k] for k in ("loc", "sim", "oth", "bg")) == pytest.approx(1.0)
+    assert (tmp_path / "a" / "false_positives.png").is_file() and any((tmp_path / "a" / "false_positives").iterdir())
     assert sorted(metrics["AP"]) == ["ellipse", "rectangle", "triangle"]
     moved = tmp_path / "moved"
     shutil.copytree(shapes_root, moved)

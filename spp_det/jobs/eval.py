@@ -17,6 +17,7 @@ from ..data import CocoDetection, DetectionDataset, build_dataset, image_digest
 from ..distributed import init_distributed
 from ..errors import SppDetError
 from ..evaluation.detections import from_results, load_results, to_results
+from ..evaluation.error_analysis import write_analysis
 from ..evaluation.evaluate import score_and_report
 from ..files import write_atomic, write_json_atomic
 from ..inference.loader import inference_workers
@@ -112,6 +113,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
                                   test.get("max_windows"), test.get("svd_rank")),
              "failed_images": failures, **timing}
     if dataset.annotated:
+        if cfg.get("error_analysis"):
+            extra["false_positives"] = analyse(dataset, detections, out_dir)
         metrics = score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot, extra=extra)
     else:  # e.g. VOC2012 test: the files above go to the evaluation server
         metrics = {"scored": False, "num_images": len(dataset), **extra}
@@ -133,5 +136,14 @@ def evaluate_job(cfg: DictConfig) -> dict:
             raise SppDetError(f"dataset '{dataset.name}' split '{cfg.split}' has no annotations: nothing to score "
                               f"{cfg.detections} against")
         detections = from_results(dataset, load_results(cfg.detections), str(cfg.detections))
-        return score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot)
+        extra = {"false_positives": analyse(dataset, detections, out_dir)} if cfg.get("error_analysis") else None
+        return score_and_report(dataset, detections, cfg.metric or node.metric, out_dir, cfg.plot, extra=extra)
     return evaluate_checkpoint(cfg, out_dir)
+
+
+def analyse(dataset: DetectionDataset, detections: list[dict], out_dir: Path) -> dict:
+    """``error_analysis=true``: false positives by cause (evaluation/error_analysis.py)."""
+    summary = write_analysis(dataset, detections, out_dir)
+    shares = "  ".join(f"{k} {v:.0%}" for k, v in summary["all"].items() if k != "top" and v is not None)
+    print(f"top-ranked false positives ({summary['all']['top']}): {shares} -> {out_dir / 'false_positives.png'}")
+    return summary
