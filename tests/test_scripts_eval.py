@@ -191,7 +191,7 @@ def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, s
     shutil.copytree(shapes_root / "SHAPES" / "JPEGImages", base / "JPEGImages")
     (base / "ImageSets" / "Main" / "test.txt").write_text("000009\n000010\n")
     cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "plot=false", "test.max_windows=50",
-                        f"+dataset.splits.unlabelled=[{{dir: T, split: test, annotated: false}}]",
+                        "+dataset.splits.unlabelled=[{dir: T, split: test, annotated: false}]",
                         f"dataset.root={tmp_path / 'VOC'}", "split=unlabelled")
     metrics = evaluate_checkpoint(cfg, tmp_path / "run")
     assert metrics["scored"] is False and metrics["num_images"] == 2 and "mAP" not in metrics
