@@ -60,6 +60,13 @@ def shard_items(items: list, shard: int, num_shards: int) -> list:
     return items[shard::num_shards]
 
 
+def estimate_minutes(images: int, ss: SelectiveSearchConfig, workers: int) -> float:
+    """Rough wall time of selective search at the "fast" mode's pace: 2.7 s per photo per
+    core on 500-pixel VOC photos (measured on an AMD EPYC), growing with the pixels searched
+    (other modes run more strategies: longer)."""
+    return images * 2.7 * (ss.max_size / 500) ** 2 / max(1, workers) / 60
+
+
 def compute_missing(store: ProposalStore, paths: list[str | Path],
                     ss: SelectiveSearchConfig | None, workers: int | None = None,
                     progress: bool = True,
@@ -88,6 +95,9 @@ def compute_missing(store: ProposalStore, paths: list[str | Path],
             queued.add(key)
             todo.append((key, str(path), store.dir, ss.as_dict()))
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    if progress and len(todo) > 50:  # said before a long job starts, not after
+        print(f"selective search: {len(todo)} images to search ({stats.cached} cached) in {workers} process(es), "
+              f"about {estimate_minutes(len(todo), ss, workers):.0f} min at the fast mode's pace", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="selective search", unit="img", disable=not progress or not todo,
                file=sys.stderr)
 
