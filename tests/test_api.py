@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import ROOT
 from spp_det import Detector
@@ -45,3 +46,10 @@ def test_detector_gives_detect_pys_boxes(tmp_path, shapes_root, tiny_checkpoint)
     assert len(one["boxes"]) == 3 and torch.equal(one["boxes"], ref["boxes"]) and torch.equal(one["scores"], ref["scores"])
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB"):
         detector(np.zeros((5, 5), np.uint8))
+    # test.max_windows (eval's and detect's key): only the first N windows are scored
+    node = OmegaConf.create({"score_thresh": 0.0, "nms_thresh": 0.3, "max_per_image": 50, "max_windows": 5,
+                             "precision": "float32"})
+    first5 = Detector.from_test_config(tiny_checkpoint, node, proposals=props)(folder / "a.jpg")
+    windows = detector.windows(image, folder / "a.jpg")
+    ref = detector.runner.predict(image, windows[:5], score_thresh=0.0, max_per_image=50)
+    assert len(windows) > 5 and torch.equal(first5["boxes"], ref["boxes"]) and torch.equal(first5["scores"], ref["scores"])

@@ -182,7 +182,8 @@ def test_eval_number_does_not_depend_on_the_cpus_bf16(tmp_path, tiny_checkpoint,
 
 def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, shapes_root, tiny_checkpoint):
     """VOC2012 test has no public boxes: eval.py detects, writes detections.json and the
-    devkit's comp4 files for the evaluation server, and scores nothing."""
+    devkit's comp4 files for the evaluation server (named after the devkit's image set,
+    test, not the config's split key), and scores nothing."""
     import shutil
 
     from spp_det.jobs.eval import evaluate_checkpoint
@@ -198,6 +199,6 @@ def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, s
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["scored"] is False
     dets = json.loads((tmp_path / "run" / "detections.json").read_text())
     lines = [line for name in ("ellipse", "rectangle", "triangle")
-             for line in (tmp_path / "run" / "results" / "T" / "Main" / f"comp4_det_unlabelled_{name}.txt")
+             for line in (tmp_path / "run" / "results" / "T" / "Main" / f"comp4_det_test_{name}.txt")
              .read_text().splitlines()]
     assert len(lines) == len(dets) > 0 and {line.split()[0] for line in lines} <= {"000009", "000010"}

@@ -32,6 +32,9 @@ def build_dataset(cfg: Any, split: str) -> DetectionDataset:
     elif cfg.kind == "voc":
         dataset = load_voc(root, parts, classes, cfg.name, VOC_CLASSES)
     elif cfg.kind == "coco":
+        if not part.get("annotated", True):
+            raise SppDetError(f"dataset '{cfg.name}' split '{split}': annotated: false is for VOC-layout folders; "
+                              f"a COCO image-info file without annotations is not supported")
         ids, exclude = part.get("image_ids"), part.get("exclude_image_ids")
         dataset = CocoDetection(root / part.images, root / part.annotations, classes, cfg.name,
                                 image_ids=None if ids is None else [int(i) for i in ids],

@@ -11,12 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import torch
 
 from ..boxes import voc_to_xyxy
 from ..errors import SppDetError
-from .sample import IMAGE_SUFFIXES, DetectionDataset, Target, check_box
+from .sample import IMAGE_SUFFIXES, DetectionDataset, Target, check_box, read_image
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -88,11 +87,8 @@ def unannotated_target(xml: Path, image: Path, stem: str) -> Target:
     if xml.is_file():
         target = parse_voc_xml(xml, {}, image, stem)
         height, width = target.height, target.width
-    else:
-        decoded = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
-        if decoded is None:
-            raise SppDetError(f"{image}: not a readable image")
-        height, width = decoded.shape[:2]
+    else:  # decoded as training and detection will decode it (EXIF orientation applied)
+        height, width = read_image(image).shape[:2]
     return Target(image_id=stem, path=image, height=height, width=width, boxes=torch.zeros((0, 4)),
                   labels=torch.zeros(0, dtype=torch.int64), ignore=torch.zeros(0, dtype=torch.bool))
 
@@ -111,6 +107,7 @@ def load_voc(root: str | Path, parts: Iterable[tuple], classes: list[str] | None
     error listing the known names (a typo would otherwise train with no positives).
     Image ids are the file stems; they must be unique across parts.
     """
+    parts = [tuple(p) for p in parts]
     classes = list(classes or default_classes)
     class_to_label = {c: i + 1 for i, c in enumerate(classes)}
     root = Path(root)

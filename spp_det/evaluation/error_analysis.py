@@ -8,7 +8,8 @@ objects are neither), gets the first type that fits:
 
 - ``loc``: localisation: IoU in [0.1, 0.5) with an object of its class, or a duplicate
   (IoU >= 0.5 with an object another detection already matched);
-- ``sim``: IoU >= 0.1 with an object of a similar class (same group in ``SIMILAR``);
+- ``sim``: IoU >= 0.1 with an object of a similar class (same set in ``SIMILAR``; COCO:
+  same supercategory);
 - ``oth``: IoU >= 0.1 with an object of any other class;
 - ``bg``: everything else (background).
 
@@ -25,14 +26,17 @@ import numpy as np
 import torch
 
 from ..boxes import xyxy_to_voc
-from ..data import DetectionDataset
+from ..data import CocoDetection, DetectionDataset
 from ..visualize import draw_detections, plot_fp_breakdown
 from .voc_ap import devkit_iou
 
-# Hoiem et al.'s groups of similar VOC classes; a class outside every group has none
-SIMILAR = ({"bird", "cat", "cow", "dog", "horse", "sheep"},
+# Hoiem et al.'s sets of similar VOC classes (all animals with person; all vehicles;
+# furniture; aeroplane and bird); a class outside every set has none. COCO: the
+# annotation file's supercategories (see ``similar_groups``).
+SIMILAR = ({"bird", "cat", "cow", "dog", "horse", "sheep", "person"},
            {"aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"},
-           {"chair", "diningtable", "sofa"})
+           {"chair", "diningtable", "sofa"},
+           {"aeroplane", "bird"})
 TYPES = ("loc", "sim", "oth", "bg")
 
 
@@ -42,6 +46,16 @@ class FalsePositive:
     kind: str              # one of TYPES
     image: int             # index into dataset.targets
     box: list[float]       # xyxy, original pixels
+
+
+def similar_groups(dataset: DetectionDataset) -> tuple[set[str], ...]:
+    """VOC: ``SIMILAR``; COCO: one set per supercategory of the annotation file."""
+    if isinstance(dataset, CocoDetection):
+        groups: dict[str, set[str]] = {}
+        for cat in dataset.coco.cats.values():
+            groups.setdefault(cat.get("supercategory", cat["name"]), set()).add(cat["name"])
+        return tuple(groups.values())
+    return SIMILAR
 
 
 def similar(a: str, b: str, groups=SIMILAR) -> bool:
@@ -106,7 +120,7 @@ def write_analysis(dataset: DetectionDataset, detections: list[dict], out_dir: P
     """false_positives.png (per class: the share of each type among its top k false
     positives, k = 1 .. all) and the top ``draw`` false positives of each class drawn into
     ``out_dir/false_positives/``; returns :func:`summarise`'s dict for metrics.json."""
-    fps = false_positives(dataset, detections)
+    fps = false_positives(dataset, detections, similar_groups(dataset))
     plot_fp_breakdown({n: [f.kind for f in v] for n, v in fps.items()}, TYPES, Path(out_dir) / "false_positives.png")
     folder = Path(out_dir) / "false_positives"
     folder.mkdir(parents=True, exist_ok=True)

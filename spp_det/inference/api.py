@@ -41,6 +41,7 @@ class Detector:
         self.runner, self.classes, self.store, self.ss = runner, list(classes), store, ss
         self.scales = tuple(scales) if scales else None
         self.score_thresh, self.nms_thresh, self.max_per_image = score_thresh, nms_thresh, max_per_image
+        self.max_windows: int | None = None  # score only the first N windows (selective search's order)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", precision: str = "float32",
@@ -69,13 +70,14 @@ class Detector:
                          rcnn: bool | None = None, loaded: dict | None = None) -> "Detector":
         """:meth:`from_checkpoint` with the settings of a config's ``test`` node (eval.py,
         detect.py and train.py share its keys: scales, score_thresh, nms_thresh,
-        max_per_image, flip, precision, svd_rank, classifier, bbox_reg)."""
+        max_per_image, max_windows, flip, precision, svd_rank, classifier, bbox_reg)."""
         detector = cls.from_checkpoint(path, device, test.get("precision", "float32"), proposals,
                                        test.get("classifier", "auto"), test.get("bbox_reg", "auto"),
                                        test.get("svd_rank"), rcnn, test.get("scales"), test.score_thresh,
                                        test.nms_thresh, test.max_per_image, loaded)
         if test.get("flip") is not None:
             detector.model.test_flip = bool(test.flip)
+        detector.max_windows = test.get("max_windows")
         return detector
 
     @property
@@ -93,7 +95,8 @@ class Detector:
 
     def predict(self, image: np.ndarray, boxes: torch.Tensor) -> dict:
         """One decoded image (H, W, 3) uint8 RGB and its windows -> its detections."""
-        det = self.runner.predict(image, torch.as_tensor(boxes, dtype=torch.float32), scales=self.scales,
+        boxes = torch.as_tensor(boxes, dtype=torch.float32)[:self.max_windows]  # [:None]: all
+        det = self.runner.predict(image, boxes, scales=self.scales,
                                   score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
                                   max_per_image=self.max_per_image)
         det = {k: v.cpu() for k, v in det.items()}

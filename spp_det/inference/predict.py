@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def configure_inference(model: SPPNet, node) -> None:
-    """Inference options of a config node (eval's ``test``, detect's top level):
+    """Inference options of a config node (the ``test`` node of train, eval and detect):
     ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's)."""
     model.set_precision(node.get("precision", "float32"))
     if node.get("svd_rank"):
@@ -31,7 +31,7 @@ def configure_inference(model: SPPNet, node) -> None:
             model.head.use(model.head.classifier if classifier == "auto" else classifier,
                            model.head.box_head if box_head == "auto" else box_head)
         except ValueError as exc:
-            raise SppDetError(f"classifier={classifier} bbox_reg={box_head}: {exc}") from exc
+            raise SppDetError(f"test.classifier={classifier} test.bbox_reg={box_head}: {exc}") from exc
 
 
 def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, score_thresh: float,
@@ -41,9 +41,10 @@ def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, sco
     (precision, SVD ranks), test scales and flip, classifier and box regressor, windows
     scored, thresholds, and the mode."""
     net = model.detector if isinstance(model, RCNN) else model
-    return {"mode": "rcnn" if isinstance(model, RCNN) else "spp", "precision": net.precision,
+    rcnn = isinstance(model, RCNN)  # warped crops: no scales, no flip
+    return {"mode": "rcnn" if rcnn else "spp", "precision": net.precision,
             "svd_rank": list(svd_rank) if svd_rank else None,
-            "test_scales": list(scales or net.scales), "test_flip": bool(net.test_flip),
+            "test_scales": None if rcnn else list(scales or net.scales), "test_flip": not rcnn and bool(net.test_flip),
             "classifier": net.head.classifier, "bbox_reg": net.head.box_head, "max_windows": max_windows,
             "score_thresh": float(score_thresh), "nms_thresh": float(nms_thresh), "max_per_image": int(max_per_image)}
 

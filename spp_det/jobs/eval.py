@@ -102,8 +102,10 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict | None:
         return None
     write_json_atomic(out_dir / "detections.json", to_results(dataset, detections))
     if not isinstance(dataset, CocoDetection):
-        year_dir = node.splits[cfg.split][0].dir  # the split's first VOCdevkit folder, e.g. VOC2007
-        print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, cfg.split, out_dir, year_dir)}")
+        # the split's first devkit folder and image set (e.g. VOC2012, test): the names the
+        # devkit and the evaluation server expect, whatever the config calls the split
+        part = node.splits[cfg.split][0]
+        print(f"VOC devkit result files -> {write_voc_submission(dataset, detections, part.split, out_dir, part.dir)}")
     print(f"{'R-CNN' if rcnn else 'SPP'} mode: {timing['seconds_per_image']:.3f} s/image "
           f"({timing['windows_per_image']:.0f} windows/image, {world} process(es))")
     extra = {"checkpoint": str(cfg.checkpoint), "checkpoint_sha1": image_digest(cfg.checkpoint),

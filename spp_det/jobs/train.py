@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     """scripts/train.py: train, then (``test_at_end``) evaluate the weights the user is
     told to use, ``best.pt``, on the test split. Returns the test metrics on rank 0."""
     t0 = time.perf_counter()
-    for line in describe_recipe(cfg):
+    for line in describe_recipe(cfg) if os.environ.get("RANK", "0") == "0" else []:  # once under torchrun
         log.info("%s", line)
         print(line)
     trainer = Trainer(cfg, out_dir)

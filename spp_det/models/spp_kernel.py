@@ -136,8 +136,7 @@ def pool_pyramid(features: torch.Tensor, windows: torch.Tensor, levels: tuple[in
     _pyramid(fmap, win, np.asarray(levels, np.int64), max(levels), values.numpy(), where, with_index)
     return (values, torch.from_numpy(where)) if with_index else values
 
-# Gathers whose gradient is the same on every run.
-#
+
 # Gathers whose gradient is the same on every run.
 #
 # On the CPU the backward of ``torch.take`` and of ``x[index]`` accumulates with

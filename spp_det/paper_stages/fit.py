@@ -76,7 +76,7 @@ def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalSt
             model.head.set_svm(weight, bias, scale, torch.tensor(stats["svm"]["learned"]))
             missed = [c for c, ok in zip(dataset.classes, stats["svm"]["learned"]) if not ok]
             if missed:
-                log.warning("SVMs: no positives or no negatives for %s: never detected with classifier=svm",
+                log.warning("SVMs: no positives or no negatives for %s: never detected with test.classifier=svm",
                             ", ".join(missed))
         elif ridge is not None:
             for wf in passes(0):
