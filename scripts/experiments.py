@@ -32,7 +32,7 @@ from spp_det.jobs.eval import evaluate_checkpoint
 from spp_det.jobs.train import train_job
 from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from spp_det.paper_stages.fit import fit_paper_stages
-from spp_det.proposals import build_proposals
+from spp_det.proposals import build_proposals, compute_missing
 from spp_det.training.sampling import split_train_val
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -96,6 +96,15 @@ def refit_stages(best: Path, overrides: list[str], scales: list[int], out: Path,
     return target
 
 
+def search_test_split(overrides: list[str]) -> None:
+    """Selective search on the test split (cached), so that every row times only the model."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    store, ss = build_proposals(cfg.proposals)
+    if ss is not None:
+        compute_missing(store, [t.path for t in build_dataset(cfg.dataset, "test").targets], ss)
+
+
 def evaluate(checkpoint: Path, out: Path, name: str, scales: list[int], classifier: str, bbox_reg: str,
              rcnn: bool = False, max_windows: int | None = None) -> dict:
     overrides = [f"checkpoint={checkpoint}", f"test.scales=[{','.join(map(str, scales))}]",
@@ -133,6 +142,7 @@ def main() -> None:
     rcnn = train("rcnn", p["train"] + ["train.rcnn=true", "train.flip=false"], out)
     one, five = p["one"], p["five"]
     full5 = refit_stages(full, p["train"] + STAGES, five, out, "spp_6321_stages5")
+    search_test_split(p["train"])  # before any row: no row's s/image pays for selective search
     rows = [  # (comparison, row label, checkpoint, scales, classifier, box regression, extra)
         ("pyramid", "{6x6}, softmax, learned bb", only6, one, "softmax", "learned", {}),
         ("pyramid", "{6x6, 3x3, 2x2, 1x1}, softmax, learned bb", full, one, "softmax", "learned", {}),
