@@ -456,3 +456,38 @@ def test_a_class_without_training_windows_is_never_detected():
     probs = net.class_probs(logits)
     soft = torch.softmax(logits, dim=1)
     assert probs[0, 2] == 0.0 and torch.allclose(probs[0, [0, 1, 3]], soft[0, [0, 1, 3]])
+
+
+VOC1800 = Path(os.environ.get("SPP_DET_SHARED_DATA", ROOT.parent / "shared" / "data")) / "voc2012-1800"
+
+
+def test_voc_quick_recipe_fits_its_own_training_photos(tmp_path):
+    """Issue 16: the real-photo recipe's heads (fc6/fc7 from random on the frozen ImageNet
+    Lite0) must classify the ground-truth boxes of the photos they were trained on. With
+    the paper's dropout 0.5 they did not (the issue's report: 36 of 64 boxes right, mean
+    probability of the true class 0.32). Here, 48 photos (80 boxes) and 300 iterations:
+    the recipe gives 0.95-0.96 right and 0.90-0.91 mean true-class probability over seeds
+    0-2 (AMD EPYC); with ``model.dropout=0.5`` 0.70 and 0.50."""
+    from conftest import need_shared
+    from spp_det.data import build_dataset
+    from spp_det.jobs.train import train_job
+    from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
+    need_shared(VOC1800)
+    overrides = ["+experiment=voc2012_1800_lite0_quick", f"dataset.root={VOC1800}", "train.subset=[0,48]",
+                 "solver.max_iter=300", "solver.steps=[240]", "solver.warmup_iters=20", "train.val_every=100000",
+                 "train.checkpoint_every=100000", "train.log_every=100", "test_at_end=false", "workers=2",
+                 "proposals.max_size=250", f"proposals.cache_dir={tmp_path / 'proposals'}",
+                 f"train.feature_cache={tmp_path / 'features'}", "model.scales=[320]", "model.train_scales=[320]",
+                 "train.loader_workers=0"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    train_job(cfg, tmp_path / "run")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt"))
+    true_prob, right = [], []
+    for image, target in build_dataset(cfg.dataset, "train").take([0, 48]):
+        probs, _ = model.detect_windows(image, target.boxes)
+        true_prob.append(probs[torch.arange(len(target.labels)), target.labels])
+        right.append(probs.argmax(1) == target.labels)
+    true_prob, right = torch.cat(true_prob), torch.cat(right)
+    assert len(right) == 80
+    assert right.float().mean() > 0.85 and true_prob.mean() > 0.75

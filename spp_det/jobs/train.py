@@ -87,6 +87,11 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     return metrics
 
 
+def recipe_names() -> list[str]:
+    """The recipes in configs/experiment/ (the shapes demo, the default, left out)."""
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml") if p.stem != "shapes")
+
+
 def describe_recipe(cfg: DictConfig) -> list[str]:
     """What this run trains with, in one line; and a warning when a real data set is
     trained with no recipe, whose defaults (configs/train.yaml) are the shapes demo's."""
@@ -100,8 +105,7 @@ def describe_recipe(cfg: DictConfig) -> list[str]:
     if not cfg.get("recipe") and cfg.dataset.name != "shapes":
         lines.append(f"warning: {cfg.dataset.name} without a recipe: every setting not on the command line is the "
                      f"shapes demo's (configs/train.yaml). For a whole recipe pass +experiment=<name> "
-                     f"(configs/experiment/: voc07_alexnet, voc07_vgg16, voc0712_alexnet, voc0712_vgg16, "
-                     f"coco_vgg16, voc2012_1800_lite0)")
+                     f"(configs/experiment/: {', '.join(recipe_names())})")
     return lines
 
 

@@ -1,0 +1,116 @@
+"""Issue 16's levers on the real photos, one at a time: each row is one training run of
+scripts/train.py's job (``+experiment=voc2012_1800_lite0`` plus the row's overrides)
+tested at its end on the 360 val photos, and one line of the table.
+
+    python benchmarks/levers.py                     # every row (hours: the dilated rows)
+    python benchmarks/levers.py --rows b16 b16_drop0  # some rows
+
+Runs live in ``--out/<row>`` (default ``outputs/voc1800``); a row whose run already holds
+a ``metrics.json`` from the same configuration is reused (the configuration is recomposed
+from the run's saved overrides and compared; a different one is an error, never a silent
+mix). Writes ``levers.md`` and ``levers.json`` into ``--out`` with the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe, machine_info  # noqa: E402
+
+from spp_det.errors import SppDetError  # noqa: E402
+from spp_det.files import write_atomic  # noqa: E402
+from spp_det.jobs.train import train_job  # noqa: E402
+
+CONFIGS = ROOT / "spp_det" / "configs"
+BASE = ["+experiment=voc2012_1800_lite0"]
+# the stride-16 block of Lite0 (112 linear channels): cheap enough to sweep
+BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", "model.train_scales=[480]",
+         "model.max_size=1000"]
+# row -> (what it changes, overrides on top of BASE)
+LEVERS: dict[str, tuple[str, list[str]]] = {
+    "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK),
+    "lite0_block16_6k": ("block16, dropout 0.5, 6k its", BLOCK + ["solver.max_iter=6000", "solver.steps=[4800]"]),
+    "b16_lr1e3": ("block16, dropout 0.5, lr 1e-3", BLOCK + ["solver.lr=0.001"]),
+    "b16_drop0": ("block16, dropout 0", BLOCK + ["model.dropout=0"]),
+    "b16_drop0_lr1e4": ("block16, dropout 0, lr 1e-4", BLOCK + ["model.dropout=0", "solver.lr=0.0001"]),
+    "b16_drop0_6k": ("block16, dropout 0, 6k its", BLOCK + ["model.dropout=0", "solver.max_iter=6000",
+                                                            "solver.steps=[4800]"]),
+    "b16_drop0_flip": ("block16, dropout 0, flips", BLOCK + ["model.dropout=0", "train.flip=true"]),
+    "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the quick recipe)",
+                           BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
+                                    "solver.steps=[16000]"]),
+    "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", []),
+}
+
+
+def row_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=BASE + overrides)
+
+
+def saved_overrides(run: Path) -> list[str] | None:
+    """The overrides a run was made with: this script's record, or Hydra's."""
+    for path, load in ((run / "levers_overrides.json", json.loads),
+                       (run / ".hydra" / "overrides.yaml", yaml.safe_load)):
+        if path.is_file():
+            return list(load(path.read_text()))
+    return None
+
+
+def run_row(name: str, overrides: list[str], out: Path) -> dict:
+    run = out / name
+    cfg = row_config(overrides)
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        saved = saved_overrides(run)
+        if saved is None:
+            raise SppDetError(f"{run}: metrics.json without the overrides it was made with")
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            before = compose("train", overrides=saved)
+        strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k != "recipe"}  # noqa: E731
+        if strip(before) != strip(cfg):
+            raise SppDetError(f"{run}: made with {saved}, not row '{name}' ({BASE + overrides}); "
+                              f"remove it or choose another --out")
+        return json.loads(metrics.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    write_atomic(run / "levers_overrides.json", json.dumps(BASE + overrides).encode())
+    train_job(cfg, run)
+    return json.loads(metrics.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    ap.add_argument("--out", type=Path, default=Path("outputs/voc1800"))
+    args = ap.parse_args()
+    info = machine_info()
+    rows = []
+    for name in args.rows:
+        what, overrides = LEVERS[name]
+        m = run_row(name, overrides, args.out)
+        rows.append({"row": name, "setting": what, "overrides": overrides, "mAP": m["mAP"], "AP": m["AP"],
+                     "train_s": m.get("train_seconds"), "test_s_per_image": m.get("seconds_per_image")})
+    classes = list(rows[0]["AP"])
+    lines = [f"VOC07 mAP on voc2012-1800 val (360 photos); {describe(info)}", "",
+             "| row | setting | " + " | ".join(classes) + " | mAP | training s | test s/photo |",
+             "|---" * (len(classes) + 5) + "|"]
+    for r in rows:
+        aps = " | ".join(f"{r['AP'][c]:.3f}" for c in classes)
+        lines.append(f"| {r['row']} | {r['setting']} | {aps} | {r['mAP']:.3f} | {r['train_s']:.0f} | "
+                     f"{r['test_s_per_image']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    write_atomic(args.out / "levers.md", (table + "\n").encode())
+    write_atomic(args.out / "levers.json", json.dumps({"machine": info, "rows": rows}, indent=2).encode())
+
+
+if __name__ == "__main__":
+    main()
