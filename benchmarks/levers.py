@@ -48,6 +48,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                            BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
                                     "solver.steps=[16000]"]),
     "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", []),
+    "dilated_drop0": ("dilated Lite0, dropout 0, 2k its", ["model.dropout=0"]),
 }
 
 
