@@ -6,9 +6,8 @@ tested at its end on the 360 val photos, and one line of the table.
     python benchmarks/levers.py --rows b16 b16_drop0  # some rows
 
 Runs live in ``--out/<row>`` (default ``outputs/voc1800``); a row whose run already holds
-a ``metrics.json`` from the same configuration is reused (the configuration is recomposed
-from the run's saved overrides and compared; a different one is an error, never a silent
-mix). Writes ``levers.md`` and ``levers.json`` into ``--out`` with the CPU.
+a ``metrics.json`` from the same configuration is reused (the configuration saved with
+the run is compared with the row's; a different one is an error, never a silent mix). Writes ``levers.md`` and ``levers.json`` into ``--out`` with the CPU.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -34,11 +32,12 @@ BASE = ["+experiment=voc2012_1800_lite0"]
 # the stride-16 block of Lite0 (112 linear channels): cheap enough to sweep
 BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", "model.train_scales=[480]",
          "model.max_size=1000"]
-# row -> (what it changes, overrides on top of BASE)
+# row -> (what it changes, overrides on top of BASE; the recipe's own dropout is 0)
 LEVERS: dict[str, tuple[str, list[str]]] = {
-    "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK),
-    "lite0_block16_6k": ("block16, dropout 0.5, 6k its", BLOCK + ["solver.max_iter=6000", "solver.steps=[4800]"]),
-    "b16_lr1e3": ("block16, dropout 0.5, lr 1e-3", BLOCK + ["solver.lr=0.001"]),
+    "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK + ["model.dropout=0.5"]),
+    "lite0_block16_6k": ("block16, dropout 0.5, 6k its", BLOCK + ["model.dropout=0.5", "solver.max_iter=6000",
+                                                                "solver.steps=[4800]"]),
+    "b16_lr1e3": ("block16, dropout 0.5, lr 1e-3", BLOCK + ["model.dropout=0.5", "solver.lr=0.001"]),
     "b16_drop0": ("block16, dropout 0", BLOCK + ["model.dropout=0"]),
     "b16_drop0_lr1e4": ("block16, dropout 0, lr 1e-4", BLOCK + ["model.dropout=0", "solver.lr=0.0001"]),
     "b16_drop0_6k": ("block16, dropout 0, 6k its", BLOCK + ["model.dropout=0", "solver.max_iter=6000",
@@ -47,8 +46,11 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the quick recipe)",
                            BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
                                     "solver.steps=[16000]"]),
-    "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", []),
-    "dilated_drop0": ("dilated Lite0, dropout 0, 2k its", ["model.dropout=0"]),
+    "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", ["model.dropout=0.5"]),
+    "dilated_drop0": ("dilated Lite0, dropout 0, 2k its (the voc2012_1800_lite0 recipe)", ["model.dropout=0"]),
+    "dilated_drop0_flip_4k": ("dilated Lite0, dropout 0, flips, 4k its", ["model.dropout=0", "train.flip=true",
+                                                                         "solver.max_iter=4000",
+                                                                         "solver.steps=[3200]"]),
 }
 
 
@@ -57,12 +59,12 @@ def row_config(overrides: list[str]):
         return compose("train", overrides=BASE + overrides)
 
 
-def saved_overrides(run: Path) -> list[str] | None:
-    """The overrides a run was made with: this script's record, or Hydra's."""
-    for path, load in ((run / "levers_overrides.json", json.loads),
-                       (run / ".hydra" / "overrides.yaml", yaml.safe_load)):
+def saved_config(run: Path):
+    """The configuration a run was made with: Hydra's record (scripts/train.py), or this
+    script's (the composed config, beside the overrides)."""
+    for path in (run / ".hydra" / "config.yaml", run / "levers_config.yaml"):
         if path.is_file():
-            return list(load(path.read_text()))
+            return OmegaConf.load(path)
     return None
 
 
@@ -71,18 +73,20 @@ def run_row(name: str, overrides: list[str], out: Path) -> dict:
     cfg = row_config(overrides)
     metrics = run / "metrics.json"
     if metrics.is_file():
-        saved = saved_overrides(run)
-        if saved is None:
-            raise SppDetError(f"{run}: metrics.json without the overrides it was made with")
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            before = compose("train", overrides=saved)
-        strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k != "recipe"}  # noqa: E731
+        before = saved_config(run)
+        if before is None:
+            raise SppDetError(f"{run}: metrics.json without the configuration it was made with")
+        # the recipe's name and the test node (older runs predate both; no row changes the
+        # test settings, which metrics.json records anyway) are not the model's configuration
+        strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items()  # noqa: E731
+                           if k not in ("recipe", "test")}
         if strip(before) != strip(cfg):
-            raise SppDetError(f"{run}: made with {saved}, not row '{name}' ({BASE + overrides}); "
+            raise SppDetError(f"{run}: made with another configuration than row '{name}' ({BASE + overrides}); "
                               f"remove it or choose another --out")
         return json.loads(metrics.read_text())
     run.mkdir(parents=True, exist_ok=True)
     write_atomic(run / "levers_overrides.json", json.dumps(BASE + overrides).encode())
+    write_atomic(run / "levers_config.yaml", OmegaConf.to_yaml(cfg).encode())
     train_job(cfg, run)
     return json.loads(metrics.read_text())
 
