@@ -3,11 +3,12 @@ scripts/train.py's job (``+experiment=voc2012_1800_lite0`` plus the row's overri
 tested at its end on the 360 val photos, and one line of the table.
 
     python benchmarks/levers.py                     # every row (hours: the dilated rows)
-    python benchmarks/levers.py --rows b16 b16_drop0  # some rows
+    python benchmarks/levers.py --rows b16_drop0 dilated_drop0   # some rows
 
 Runs live in ``--out/<row>`` (default ``outputs/voc1800``); a row whose run already holds
 a ``metrics.json`` from the same configuration is reused (the configuration saved with
-the run is compared with the row's; a different one is an error, never a silent mix). Writes ``levers.md`` and ``levers.json`` into ``--out`` with the CPU.
+the run is compared with the row's; a different one is an error, never a silent mix).
+Writes the rows asked for into ``levers.md`` and ``levers.json`` in ``--out``, with the CPU.
 """
 from __future__ import annotations
 
