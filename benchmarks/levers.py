@@ -52,6 +52,12 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "dilated_drop0_flip_4k": ("dilated Lite0, dropout 0, flips, 4k its", ["model.dropout=0", "train.flip=true",
                                                                          "solver.max_iter=4000",
                                                                          "solver.steps=[3200]"]),
+    "b16_drop0_hardbg50": ("block16, dropout 0, half the background from IoU [0.1, 0.5)",
+                           BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.5"]),
+    "dilated_drop0_flip_4k_hardbg50": ("dilated Lite0, dropout 0, flips, 4k its, half the background from "
+                                       "IoU [0.1, 0.5)",
+                                       ["model.dropout=0", "train.flip=true", "solver.max_iter=4000",
+                                        "solver.steps=[3200]", "train.hard_bg_fraction=0.5"]),
 }
 
 

@@ -92,6 +92,36 @@ def test_pooled_batches_hold_exactly_the_foreground_fraction():
     assert len(batch) == 16 and int((labels > 0).sum()) == 16 and len(labels) == 128
 
 
+def test_hard_background_share_is_drawn_from_parts_and_loose_boxes():
+    import random
+    # per image: 3 foreground, 6 hard background (IoU 0.4 and exactly 0.1 with the box),
+    # 40 easy ones (IoU 0.09 and 0): a uniform draw of 96 background windows from 11+
+    # images would hold ~11 hard ones
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    hard = [[0.0, 0, 10, 4]] * 3 + [[0.0, 0, 10, 1]] * 3
+    easy = [[0.0, 0, 10, 0.9]] * 20 + [[50.0, 50, 60, 60]] * 20
+    windows = torch.tensor([[0.0, 0, 10, 10]] * 3 + hard + easy)
+    entries = [label_windows(i, 100, windows, gt, torch.tensor([1]), bg_iou=(0.0, 0.5)) for i in range(40)]
+    is_hard = torch.zeros(len(windows), dtype=torch.bool)
+    is_hard[3:9] = True
+    for pooled, n, n_fg, n_hard in ((True, 128, 32, 48), (False, 16, 4, 6)):
+        # pooled: 96 background, half of them hard; per image (2 images of 8 windows):
+        # 2 foreground, 6 background, 3 of them hard
+        s = WindowSampler(entries, n, 4 if pooled else 2, 0.25, pooled=pooled, hard_bg_fraction=0.5,
+                          hard_bg_iou=0.1)
+        for draw_number in range(10):
+            batch = s.sample(random.Random(draw_number))
+            labels = torch.cat([entries[d.image].labels[d.windows] for d in batch])
+            hard_drawn = torch.cat([is_hard[d.windows] for d in batch])
+            assert len(labels) == n and int((labels > 0).sum()) == n_fg
+            assert int(hard_drawn.sum()) == n_hard and bool((labels[hard_drawn] == 0).all())
+            assert all(len(set(d.windows.tolist())) == len(d.windows) for d in batch)
+    # the share left at 0 draws exactly what the sampler always drew
+    plain = WindowSampler(entries, 128, 4, 0.25, pooled=True).sample(random.Random(3))
+    zero = WindowSampler(entries, 128, 4, 0.25, pooled=True, hard_bg_fraction=0.0).sample(random.Random(3))
+    assert [(d.image, d.windows.tolist()) for d in plain] == [(d.image, d.windows.tolist()) for d in zero]
+
+
 def test_windows_on_crowd_boxes_are_ignored_not_background():
     gt = torch.tensor([[0.0, 0, 10, 10]])
     crowd = torch.tensor([[50.0, 50, 150, 150]])

@@ -25,7 +25,8 @@ class ImageWindows:
     """Training windows of one image. windows: (N, 4) original pixels (proposals, plus the
     ground truth when asked); labels: (N,) class of a foreground window, 0 background,
     -1 neither; gt_index: (N,) the matched ground-truth box; gt: (G, 4); height: the
-    image's, needed only to turn its boxes upside down (``vflip``)."""
+    image's, needed only to turn its boxes upside down (``vflip``); iou: (N,) each window's
+    best IoU with the ground truth (0 without any), which tells hard background apart."""
 
     index: int
     width: int
@@ -34,6 +35,7 @@ class ImageWindows:
     gt_index: torch.Tensor
     gt: torch.Tensor
     height: int | None = None
+    iou: torch.Tensor | None = None
 
     @property
     def fg(self) -> torch.Tensor:
@@ -42,6 +44,13 @@ class ImageWindows:
     @property
     def bg(self) -> torch.Tensor:
         return (self.labels == 0).nonzero().squeeze(1)
+
+    def bg_split(self, hard_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Background windows (indices) overlapping an object at IoU >= hard_iou (parts of
+        it, loose boxes round it), and the others."""
+        bg = self.labels == 0
+        hard = bg & (self.iou >= hard_iou)
+        return hard.nonzero().squeeze(1), (bg & ~hard).nonzero().squeeze(1)
 
 
 def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor,
@@ -55,6 +64,7 @@ def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tenso
     background, but it is no one person either."""
     labels = torch.full((len(windows),), -1, dtype=torch.long)
     gt_index = torch.zeros(len(windows), dtype=torch.long)
+    iou = torch.zeros(len(windows))
     if len(gt):
         iou, gt_index = box_iou(windows, gt).max(dim=1)
         labels[(iou >= bg_iou[0]) & (iou < bg_iou[1])] = 0
@@ -64,7 +74,7 @@ def label_windows(index: int, width: int, windows: torch.Tensor, gt: torch.Tenso
         labels[:] = 0
     if ignore is not None and len(ignore) and len(windows):
         labels[(labels == 0) & (box_iou(windows, ignore).max(dim=1).values >= ignore_iou)] = -1
-    return ImageWindows(index, width, windows, labels, gt_index, gt, height)
+    return ImageWindows(index, width, windows, labels, gt_index, gt, height, iou)
 
 
 @dataclass
@@ -100,13 +110,20 @@ class WindowSampler:
     to that fraction foreground. Windows are drawn without replacement; a random flip per
     image (``flip``; ``vflip`` for a vertical one too) and a random scale out of
     ``num_scales`` per window (``scale_per_window``, the released code's frozen-trunk
-    training) or per image."""
+    training) or per image.
+
+    ``hard_bg_fraction`` of the background windows (0 by default: all alike) are drawn
+    from those at IoU in [``hard_bg_iou``, fg_iou) with an object, the rest from the
+    others: windows on a part of an object or loosely round it are rare among the ~2000
+    of an image, and a uniform draw shows the classifier too few of them to learn that
+    a part of a dog is not a dog (the box-per-part error of issue 16's pictures)."""
 
     MAX_IMAGES_FACTOR = 4  # bounds the maps one pooled batch reads
 
     def __init__(self, entries: list[ImageWindows], batch_windows: int, images_per_batch: int,
                  fg_fraction: float, flip: bool = False, num_scales: int = 1,
-                 scale_per_window: bool = True, vflip: bool = False, pooled: bool = False) -> None:
+                 scale_per_window: bool = True, vflip: bool = False, pooled: bool = False,
+                 hard_bg_fraction: float = 0.0, hard_bg_iou: float = 0.1) -> None:
         self.entries = [e for e in entries if len(e.fg) or len(e.bg)]
         if not self.entries:
             raise SppDetError("no training image has a foreground or background window")
@@ -119,6 +136,8 @@ class WindowSampler:
         self.vflip = vflip
         self.num_scales = num_scales
         self.scale_per_window = scale_per_window
+        self.hard_bg_fraction = hard_bg_fraction
+        self.hard_bg_iou = hard_bg_iou
 
     @staticmethod
     def _pick(rng: random.Random, pool: torch.Tensor, n: int) -> list[int]:
@@ -139,13 +158,19 @@ class WindowSampler:
             bg.append(e.bg.tolist())
             if len(images) >= self.images_per_batch and sum(map(len, fg)) >= n_fg and sum(map(len, bg)) >= n_bg:
                 break
+        kinds = [(fg, n_fg), (bg, None)]
+        if self.hard_bg_fraction > 0:
+            hard, easy = zip(*[[t.tolist() for t in e.bg_split(self.hard_bg_iou)] for e in images])
+            kinds = [(fg, n_fg), (list(hard), round(self.hard_bg_fraction * n_bg)), (list(easy), None)]
         picks: list[list[int]] = [[] for _ in images]
         taken = 0
-        for pools, want in ((fg, n_fg), (bg, None)):
+        for pools, want in kinds:
             # positions in the concatenation of all images' windows of this kind, so every
             # window of the pool is equally likely whichever image holds it
             ends = list(itertools.accumulate(len(p) for p in pools))
             want = self.batch_windows - taken if want is None else want
+            if not ends[-1]:
+                continue
             for flat in sorted(rng.sample(range(ends[-1]), min(want, ends[-1]))):
                 k = bisect.bisect_right(ends, flat)
                 picks[k].append(pools[k][flat - (ends[k - 1] if k else 0)])
@@ -159,7 +184,13 @@ class WindowSampler:
         for _ in range(self.images_per_batch):
             e = self.entries[rng.randrange(len(self.entries))]
             fg = self._pick(rng, e.fg, round(self.fg_fraction * self.per_image))
-            out.append(self._draw(rng, e, fg + self._pick(rng, e.bg, self.per_image - len(fg))))
+            if self.hard_bg_fraction > 0:
+                hard, easy = e.bg_split(self.hard_bg_iou)
+                chosen = fg + self._pick(rng, hard, round(self.hard_bg_fraction * (self.per_image - len(fg))))
+                chosen += self._pick(rng, easy, self.per_image - len(chosen))
+            else:
+                chosen = fg + self._pick(rng, e.bg, self.per_image - len(fg))
+            out.append(self._draw(rng, e, chosen))
         return out
 
     def _draw(self, rng: random.Random, e: ImageWindows, chosen: list[int]) -> Draw:

@@ -106,7 +106,9 @@ class Trainer:
         tc = self.cfg.train
         return WindowSampler(entries, tc.batch_windows, tc.images_per_batch, tc.fg_fraction, flip=bool(tc.flip),
                              num_scales=len(self.model.train_scales), scale_per_window=not self.finetune,
-                             vflip=bool(tc.get("vflip")), pooled=bool(tc.get("pooled_batches", False)))
+                             vflip=bool(tc.get("vflip")), pooled=bool(tc.get("pooled_batches", False)),
+                             hard_bg_fraction=float(tc.get("hard_bg_fraction", 0.0)),
+                             hard_bg_iou=float(tc.get("hard_bg_iou", 0.1)))
 
     def batches(self, dataset: DetectionDataset, entries: list[ImageWindows]) -> FrozenBatches | EndToEndBatches:
         return build_batches(dataset, entries, self.model, self.cfg.train, self.features, self.loader_workers,
