@@ -262,3 +262,43 @@ def test_imported_proposals_are_their_own_source(tmp_path, shapes_root):
     assert not store.has(test.targets[2].path)
     with pytest.raises(SppDetError, match="not in the imported proposals"):
         proposals_for(store, test.targets[2].path, np.zeros((8, 8, 3), np.uint8), ss)
+
+
+def test_segmentation_settings_reach_opencv_and_leave_old_cache_names(shapes_root):
+    import cv2
+
+    from spp_det.proposals.store import settings_hash
+    image = _shapes(shapes_root)[0][0]
+    h, w = image.shape[:2]
+    cfg = SelectiveSearchConfig(mode="fast", max_size=200, min_size=0, max_boxes=100000, base_k=300, inc_k=300,
+                                sigma=0.5)
+    # the oracle: OpenCV run directly with those settings on the same 200-px image
+    scale = 200 / max(h, w)
+    small = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (round(w * scale), round(h * scale)),
+                       interpolation=cv2.INTER_AREA)
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(small)
+    ss.switchToSelectiveSearchFast(300, 300, 0.5)
+    rects = {tuple(r) for r in ss.process().tolist()}
+    boxes = selective_search(image, cfg)
+    sx, sy = small.shape[1] / w, small.shape[0] / h
+    back = {(round(b[0] * sx), round(b[1] * sy), round((b[2] - b[0]) * sx), round((b[3] - b[1]) * sy))
+            for b in boxes.tolist()}
+    assert back == rects
+    default = selective_search(image, SelectiveSearchConfig(mode="fast", max_size=200, min_size=0, max_boxes=100000))
+    assert len(default) != len(boxes)  # the settings changed the segmentation
+    # unset, they are not part of a cache's name: the ss_fast cache made before they existed
+    assert SelectiveSearchConfig().as_dict() == {"mode": "fast", "max_size": 500, "min_size": 4.0, "max_boxes": 2000}
+    assert settings_hash(SelectiveSearchConfig().as_dict()) == "b3a545d3"
+    assert settings_hash(cfg.as_dict()) != settings_hash(SelectiveSearchConfig(max_size=200, min_size=0,
+                                                                               max_boxes=100000).as_dict())
+    with pytest.raises(ValueError, match="inc_k"):
+        SelectiveSearchConfig(mode="single", inc_k=100)
+    # from a config node (configs/proposals/ss_fast.yaml leaves them null)
+    from omegaconf import OmegaConf
+
+    from spp_det.proposals import build_proposals
+    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "spp_det/configs/proposals/ss_fast.yaml")
+    assert build_proposals(node)[1] == SelectiveSearchConfig()
+    node.base_k, node.sigma = 300, 0.5
+    assert build_proposals(node)[1] == SelectiveSearchConfig(base_k=300, sigma=0.5)

@@ -27,8 +27,9 @@ def build_proposals(cfg: Any) -> tuple[ProposalStore, SelectiveSearchConfig | No
     a counted skip, never filled in with other boxes."""
     if cfg.get("source", "selective_search") == "imported":
         return ProposalStore(cfg.cache_dir, imported_settings(cfg)), None
+    optional = {k: cfg.get(k) for k in ("base_k", "inc_k", "sigma") if cfg.get(k) is not None}
     ss = SelectiveSearchConfig(mode=cfg.mode, max_size=int(cfg.max_size), min_size=float(cfg.min_size),
-                               max_boxes=int(cfg.max_boxes))
+                               max_boxes=int(cfg.max_boxes), **optional)
     return ProposalStore(cfg.cache_dir, ss.as_dict()), ss
 
 

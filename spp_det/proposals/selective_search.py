@@ -36,19 +36,40 @@ def _seed_c_rand(seed: int) -> None:
 class SelectiveSearchConfig:
     """mode: fast (the paper's), quality or single strategy. max_size: the longer side
     (pixels) the image is shrunk to before the search. min_size: windows narrower or
-    shorter (original pixels) are dropped. max_boxes: kept in the search's own order."""
+    shorter (original pixels) are dropped. max_boxes: kept in the search's own order.
+    base_k, inc_k, sigma: the graph segmentation's (Felzenszwalb) first threshold k, its
+    step between the strategies' segmentations, and its Gaussian smoothing; None keeps
+    OpenCV's defaults (fast/quality: 150, 150, 0.8; single: k 200, sigma 0.8, no inc_k)."""
 
     mode: str = "fast"
     max_size: int = 500
     min_size: float = 4.0
     max_boxes: int = 2000
+    base_k: int | None = None
+    inc_k: int | None = None
+    sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"selective search mode '{self.mode}': use one of {MODES}")
+        if self.mode == "single" and self.inc_k is not None:
+            raise ValueError("selective search mode 'single' runs one segmentation: it takes no inc_k")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings that name a cache: the segmentation's keys only when set, so the
+        caches made before they existed keep their names."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def switch(self, ss) -> None:
+        """Put OpenCV's SelectiveSearchSegmentation ``ss`` in this mode and segmentation."""
+        if self.mode == "single":
+            ss.switchToSingleStrategy(*([] if self.base_k is None and self.sigma is None else
+                                        [200 if self.base_k is None else self.base_k,
+                                         0.8 if self.sigma is None else self.sigma]))
+            return
+        switch = ss.switchToSelectiveSearchFast if self.mode == "fast" else ss.switchToSelectiveSearchQuality
+        switch(150 if self.base_k is None else self.base_k, 150 if self.inc_k is None else self.inc_k,
+               0.8 if self.sigma is None else self.sigma)
 
 
 def selective_search(image_rgb: np.ndarray, cfg: SelectiveSearchConfig = SelectiveSearchConfig()) -> np.ndarray:
@@ -67,8 +88,7 @@ def selective_search(image_rgb: np.ndarray, cfg: SelectiveSearchConfig = Selecti
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(bgr)
     _seed_c_rand(0)
-    {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
-     "single": ss.switchToSingleStrategy}[cfg.mode]()
+    cfg.switch(ss)
     rects = np.asarray(ss.process(), dtype=np.float64).reshape(-1, 4)  # x, y, w, h (resized px)
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
     # back to original pixels: the resized image spans the original's full extent
