@@ -30,10 +30,15 @@ from spp_det.jobs.train import train_job  # noqa: E402
 
 CONFIGS = ROOT / "spp_det" / "configs"
 BASE = ["+experiment=voc2012_1800_lite0"]
+# every row starts from the baseline the levers were measured against (the recipe before
+# the last levers went into it): tested at 480 alone, no flips, 2000 iterations,
+# background drawn uniformly; a row's own overrides replace these
+BASELINE = ["model.scales=[480]", "train.flip=false", "solver.max_iter=2000", "solver.steps=[1600]", "train.hard_bg_fraction=0.0",
+            "train.hard_bg_iou=0.1", "test.flip=null"]
 # the stride-16 block of Lite0 (112 linear channels): cheap enough to sweep
 BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", "model.train_scales=[480]",
          "model.max_size=1000"]
-# row -> (what it changes, overrides on top of BASE; the recipe's own dropout is 0)
+# row -> (what it changes, overrides on top of BASE + BASELINE; the recipe's own dropout is 0)
 LEVERS: dict[str, tuple[str, list[str]]] = {
     "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK + ["model.dropout=0.5"]),
     "lite0_block16_6k": ("block16, dropout 0.5, 6k its", BLOCK + ["model.dropout=0.5", "solver.max_iter=6000",
@@ -44,7 +49,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "b16_drop0_6k": ("block16, dropout 0, 6k its", BLOCK + ["model.dropout=0", "solver.max_iter=6000",
                                                             "solver.steps=[4800]"]),
     "b16_drop0_flip": ("block16, dropout 0, flips", BLOCK + ["model.dropout=0", "train.flip=true"]),
-    "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the quick recipe)",
+    "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the voc2012_1800_lite0_block16 recipe)",
                            BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
                                     "solver.steps=[16000]"]),
     "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", ["model.dropout=0.5"]),
@@ -54,6 +59,22 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                                                          "solver.steps=[3200]"]),
     "b16_drop0_hardbg50": ("block16, dropout 0, half the background from IoU [0.1, 0.5)",
                            BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.5"]),
+    "b16_drop0_hardbg25": ("block16, dropout 0, a quarter of the background from IoU [0.1, 0.5)",
+                           BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.25"]),
+    "b16_drop0_hardbg75": ("block16, dropout 0, three quarters of the background from IoU [0.1, 0.5)",
+                           BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.75"]),
+    "b16_drop0_hardbg50_iou3": ("block16, dropout 0, half the background from IoU [0.3, 0.5)",
+                                BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]),
+    "b16_drop0_seed1": ("block16, dropout 0, seed 1 (the noise of one run)", BLOCK + ["model.dropout=0", "seed=1"]),
+    "b16_drop0_hardbg50_seed1": ("block16, dropout 0, half the background from IoU [0.1, 0.5), seed 1",
+                                 BLOCK + ["model.dropout=0", "train.hard_bg_fraction=0.5", "seed=1"]),
+    "dilated_drop0_hardbg50_iou3": ("dilated Lite0, dropout 0, 2k its, half the background from IoU [0.3, 0.5)",
+                                    ["model.dropout=0", "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]),
+    "dilated_drop0_flip_4k_hardbg50_iou3": ("dilated Lite0, dropout 0, flips, 4k its, half the background from "
+                                            "IoU [0.3, 0.5)",
+                                            ["model.dropout=0", "train.flip=true", "solver.max_iter=4000",
+                                             "solver.steps=[3200]", "train.hard_bg_fraction=0.5",
+                                             "train.hard_bg_iou=0.3"]),
     "dilated_drop0_flip_4k_hardbg50": ("dilated Lite0, dropout 0, flips, 4k its, half the background from "
                                        "IoU [0.1, 0.5)",
                                        ["model.dropout=0", "train.flip=true", "solver.max_iter=4000",
@@ -61,9 +82,16 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def row_overrides(overrides: list[str]) -> list[str]:
+    """BASE, then BASELINE with the row's own values in place of its keys."""
+    merged = dict(o.split("=", 1) for o in BASELINE)
+    merged.update(o.split("=", 1) for o in overrides)
+    return BASE + [f"{k}={v}" for k, v in merged.items()]
+
+
 def row_config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=BASE + overrides)
+        return compose("train", overrides=row_overrides(overrides))
 
 
 def saved_config(run: Path):
@@ -88,11 +116,11 @@ def run_row(name: str, overrides: list[str], out: Path) -> dict:
         strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items()  # noqa: E731
                            if k not in ("recipe", "test")}
         if strip(before) != strip(cfg):
-            raise SppDetError(f"{run}: made with another configuration than row '{name}' ({BASE + overrides}); "
+            raise SppDetError(f"{run}: made with another configuration than row '{name}' ({row_overrides(overrides)}); "
                               f"remove it or choose another --out")
         return json.loads(metrics.read_text())
     run.mkdir(parents=True, exist_ok=True)
-    write_atomic(run / "levers_overrides.json", json.dumps(BASE + overrides).encode())
+    write_atomic(run / "levers_overrides.json", json.dumps(row_overrides(overrides)).encode())
     write_atomic(run / "levers_config.yaml", OmegaConf.to_yaml(cfg).encode())
     train_job(cfg, run)
     return json.loads(metrics.read_text())
