@@ -48,6 +48,8 @@ class ImageWindows:
     def bg_split(self, hard_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Background windows (indices) overlapping an object at IoU >= hard_iou (parts of
         it, loose boxes round it), and the others."""
+        if self.iou is None:
+            raise ValueError("hard background needs each window's IoU: label the windows with label_windows")
         bg = self.labels == 0
         hard = bg & (self.iou >= hard_iou)
         return hard.nonzero().squeeze(1), (bg & ~hard).nonzero().squeeze(1)
