@@ -1,6 +1,7 @@
 """Issue 16's levers on the real photos, one at a time: each row is one training run of
-scripts/train.py's job (``+experiment=voc2012_1800_lite0`` plus the row's overrides)
-tested at its end on the 360 val photos, and one line of the table.
+scripts/train.py's job (``+experiment=voc2012_1800_lite0``, pinned to the baseline the
+levers were measured against, ``BASELINE``, plus the row's overrides) tested at its end on
+the 360 val photos, and one line of the table.
 
     python benchmarks/levers.py                     # every row (hours: the dilated rows)
     python benchmarks/levers.py --rows b16_drop0 dilated_drop0   # some rows
