@@ -80,6 +80,11 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                        "IoU [0.1, 0.5)",
                                        ["model.dropout=0", "train.flip=true", "solver.max_iter=4000",
                                         "solver.steps=[3200]", "train.hard_bg_fraction=0.5"]),
+    "lite2_dilated_flip_4k_hardbg50_iou3": ("dilated Lite2 (ImageNet top-1 77.6 vs Lite0's 75.1), dropout 0, flips, "
+                                            "4k its, half the background from IoU [0.3, 0.5)",
+                                            ["model=efficientnet_lite2_dilated", "model.dropout=0", "train.flip=true",
+                                             "solver.max_iter=4000", "solver.steps=[3200]",
+                                             "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]),
 }
 
 

@@ -13,8 +13,10 @@ pooled and scored once (the detector's dedup), so the JSON also gives the distin
 Stages (SPP): trunk (conv maps at every scale), projection (cells of each window),
 pooling, heads (best scale per window, dedup, fc6, fc7, outputs), decode + NMS. R-CNN mode runs warping + trunk +
 whole-map pyramid + heads per window, in batches, for --rcnn-images images (it is slow).
-Variants: float32, bfloat16 autocast (where the CPU multiplies it natively), and
-bfloat16 with truncated SVD of fc6/fc7 (--svd-rank).
+Variants: float32; auto (detect.py's default: the fastest heads here); int8 fc6/fc7
+(dynamic quantisation), alone and with truncated SVD of fc6/fc7 (--svd-rank); bfloat16
+autocast (where the CPU multiplies it natively), alone and with SVD. Detections are kept
+above --score-thresh (detect.py's 0.5) on both sides.
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ class Stopwatch:
         delattr(self.model, self.name)
 
 
-def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...]) -> dict[str, float]:
+def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...],
+                score_thresh: float = 0.5) -> dict[str, float]:
     """Seconds of each stage of ``SPPNet.predict`` on one image: the trunk, then
     ``forward_windows`` (projection, pooling, heads with the dedup: the two inner steps timed
     where the real code calls them), then softmax, decoding and NMS."""
@@ -81,16 +84,16 @@ def stage_times(model, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int
     # unique_rows keeps the distinct windows; the heads see exactly these
     distinct = len(unique_rows(model.project(maps, boxes, model.select_scales(boxes, h, w, scales)))[0])
     t3 = time.perf_counter()
-    postprocess_detections(torch.softmax(logits.float(), 1), model.decode(deltas.float(), boxes, h, w))
+    postprocess_detections(torch.softmax(logits.float(), 1), model.decode(deltas.float(), boxes, h, w), score_thresh)
     t4 = time.perf_counter()
     return {"trunk": t1 - t0, "projection": project.seconds, "pooling": pool.seconds,
             "heads": t2 - t1 - project.seconds - pool.seconds, "decode_nms": t4 - t3,
             "total": (t2 - t0) + (t4 - t3), "distinct_windows": distinct}
 
 
-def rcnn_time(rcnn: RCNN, image: np.ndarray, boxes: torch.Tensor) -> float:
+def rcnn_time(rcnn: RCNN, image: np.ndarray, boxes: torch.Tensor, score_thresh: float = 0.5) -> float:
     t0 = time.perf_counter()
-    rcnn.predict(image, boxes)
+    rcnn.predict(image, boxes, score_thresh=score_thresh)
     return time.perf_counter() - t0
 
 
@@ -133,6 +136,7 @@ def main() -> None:
     ap.add_argument("--scales5", type=int, nargs=5, default=[480, 576, 688, 864, 1200])
     ap.add_argument("--svd-rank", type=int, nargs=2, default=[1024, 256])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--score-thresh", type=float, default=0.5, help="detect.py's default")
     ap.add_argument("--image-dir", default=str(SHARED))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = ap.parse_args()
@@ -151,34 +155,36 @@ def main() -> None:
     cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{args.trunk}.yaml")
     torch.manual_seed(0)
     model = build_detector(cfg, num_classes=20, pretrained=False).eval()
-    variants = [("float32", None)]
+    # "auto" is detect.py's default: whichever of the others' heads is fastest here
+    variants = [("float32", None), ("auto", None), ("int8", None), ("int8", tuple(args.svd_rank))]
     if bf16_supported("cpu"):
         variants += [("bfloat16", None), ("bfloat16", tuple(args.svd_rank))]
     result = {"images": [f.name for f in files], "windows_per_image": args.windows, "trunk": args.trunk,
-              "threads": args.threads, "machine": machine_info(), "cpu_bf16": bf16_supported("cpu"), "variants": []}
+              "threads": args.threads, "score_thresh": args.score_thresh, "machine": machine_info(), "cpu_bf16": bf16_supported("cpu"), "variants": []}
     print(f"measured on: {describe(result['machine'])}")
     for precision, ranks in variants:
         m = build_detector(cfg, num_classes=20, pretrained=False).eval()
         m.load_state_dict(model.state_dict())
-        m.set_precision(precision)
-        if ranks:
+        if ranks:  # before the precision, as configure_inference does
             m.compress(ranks)
-        name = precision + (f" + SVD {ranks[0]}/{ranks[1]}" if ranks else "")
+        chosen = m.set_precision(precision)
+        name = (precision if chosen == precision else f"{precision} ({chosen})") + \
+            (f" + SVD {ranks[0]}/{ranks[1]}" if ranks else "")
         row = {"variant": name}
         for label, scales in (("spp_1_scale", (args.scale,)), ("spp_5_scales", tuple(args.scales5))):
-            stage_times(m, images[0], windows[0], scales)  # warm-up (kernel compilation, allocator)
-            rows = [stage_times(m, im, win, scales) for im, win in zip(images, windows)]
+            stage_times(m, images[0], windows[0], scales, args.score_thresh)  # warm-up (kernels, allocator)
+            rows = [stage_times(m, im, win, scales, args.score_thresh) for im, win in zip(images, windows)]
             t0 = time.perf_counter()
             for im, win in zip(images, windows):
-                m.predict(im, win, scales=scales)
+                m.predict(im, win, scales=scales, score_thresh=args.score_thresh)
             whole = (time.perf_counter() - t0) / len(images)
             row[label] = {k: round(mean(rows, k), 4) for k in rows[0]}
             row[label]["predict_call"] = round(whole, 4)
             row[label]["first_images_total"] = round(float(np.mean([r["total"] for r in rows[: args.rcnn_images]])), 4)
         # R-CNN mode with the same weights, heads and numeric settings
         rcnn = RCNN(m, batch_size=256).eval()  # large batches: fc6's weights read once per 256 crops
-        rcnn_time(rcnn, images[0], windows[0][:32])  # warm-up
-        secs = [rcnn_time(rcnn, im, win) for im, win in zip(images[: args.rcnn_images], windows)]
+        rcnn_time(rcnn, images[0], windows[0][:32], args.score_thresh)  # warm-up
+        secs = [rcnn_time(rcnn, im, win, args.score_thresh) for im, win in zip(images[: args.rcnn_images], windows)]
         row["rcnn"] = {"total": round(float(np.mean(secs)), 3)}
         row["rcnn_over_spp_1_scale"] = round(row["rcnn"]["total"] / row["spp_1_scale"]["first_images_total"], 1)
         row["rcnn_over_spp_5_scales"] = round(row["rcnn"]["total"] / row["spp_5_scales"]["first_images_total"], 1)
@@ -197,7 +203,7 @@ def print_table(result: dict) -> None:
     stages = ("trunk", "projection", "pooling", "heads", "decode_nms", "total")
     print(f"\nmeasured on: {describe(result['machine'])}")
     print(f"{result['trunk']}, {len(result['images'])} coco128 photos, {result['windows_per_image']} windows "
-          f"per image, {result['threads']} threads; seconds per image")
+          f"per image, {result['threads']} threads, score threshold {result['score_thresh']}; seconds per image")
     print("| variant | mode | " + " | ".join(stages) + " | R-CNN / SPP |")
     print("|---" * (len(stages) + 3) + "|")
     for row in result["variants"]:

@@ -23,7 +23,7 @@ def test_detector_gives_detect_pys_boxes(tmp_path, shapes_root, tiny_checkpoint)
         cfg = compose("detect", overrides=[f"checkpoint={tiny_checkpoint}", f"input={folder}",
                                            f"output={tmp_path / 'out'}", "test.score_thresh=0.0", "test.max_per_image=7",
                                            "test.precision=float32", "loader_workers=0",
-                                           *[f"+proposals.{k}={v}" for k, v in props.items()]])
+                                           *[f"++proposals.{k}={v}" for k, v in props.items()]])
     assert detect_job(cfg) == []
     written = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert len(written) == 7

@@ -5,6 +5,8 @@ from omegaconf import OmegaConf
 
 from spp_det.errors import SppDetError
 from spp_det.models import SPPNet, build_detector, build_trunk, postprocess_detections
+from spp_det.models import detector as detector_module
+from spp_det.models import heads as heads_module
 from spp_det.models.resize import resize_factor
 
 
@@ -271,6 +273,42 @@ def test_bfloat16_inference_stays_close_to_float32():
     assert net.set_precision("auto") in ("bfloat16", "float32")
     with pytest.raises(ValueError, match="precision 'half'"):
         net.set_precision("half")
+
+
+def test_int8_heads_stay_close_to_float32_and_only_fc6_fc7_are_quantised():
+    """int8 dynamic quantisation of fc6/fc7: weights rounded to 1/127 of their largest
+    magnitude, activations to 1/255 of each batch's range; class probabilities within 0.05
+    and boxes within 3 px of float32 here, while the outputs stay float32 layers."""
+    torch.manual_seed(0)
+    net = small_net().eval()
+    img, boxes = image(), random_boxes(60, 300, 400)
+    p32, b32 = net.detect_windows(img, boxes)
+    assert net.set_precision("int8") == "int8"
+    assert type(net.head.fc6).__name__ == "Linear" and net.head.fc6.__module__.startswith("torch.ao.nn.quantized")
+    assert type(net.head.cls_score) is torch.nn.Linear and type(net.head.bbox_pred) is torch.nn.Linear
+    p8, b8 = net.detect_windows(img, boxes)
+    assert 0 < (p8 - p32).abs().max() < 0.05 and (b8 - b32).abs().max() < 3.0
+    with pytest.raises(ValueError, match="int8 already"):
+        net.set_precision("float32")
+
+
+def test_auto_precision_takes_the_fastest_heads_timed_here(monkeypatch):
+    """``auto`` on a CPU times the model's own heads in each precision and keeps the
+    fastest; bfloat16 is a candidate only where the CPU multiplies it natively."""
+    def timer_for(times):
+        def timer(head, x, bf16=False):
+            assert x.shape == (512, head.fc6.in_features)
+            quantised = head.fc6.__module__.startswith("torch.ao.nn.quantized")
+            return times["int8" if quantised else ("bfloat16" if bf16 else "float32")]
+        return timer
+
+    net = small_net().eval()
+    assert heads_module.fastest_head(net.head, True, timer=timer_for({"float32": 3, "bfloat16": 1, "int8": 2})) == "bfloat16"
+    assert heads_module.fastest_head(net.head, False, timer=timer_for({"float32": 3, "bfloat16": 1, "int8": 2})) == "int8"
+    assert heads_module.fastest_head(net.head, True, timer=timer_for({"float32": 1, "bfloat16": 2, "int8": 3})) == "float32"
+    assert type(net.head.fc6) is torch.nn.Linear  # timing int8 quantised a copy, not the model
+    monkeypatch.setattr(detector_module, "fastest_head", lambda head, bf16: "int8")
+    assert net.set_precision("auto") == "int8" and net.head.fc6.__module__.startswith("torch.ao.nn.quantized")
 
 
 def test_truncated_svd_at_full_rank_reproduces_the_heads():

@@ -42,8 +42,8 @@ def test_wheel_installs_commands_that_run_outside_the_repository(tmp_path, shape
     shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / "000009.jpg", image)
     done = subprocess.run([str(venv / "bin" / "spp-detect"), f"checkpoint={tiny_checkpoint}", f"input={image}",
                            "output=out", "test.score_thresh=0.0", "test.max_per_image=4", "loader_workers=0",
-                           "+proposals.cache_dir=props", "+proposals.mode=fast", "+proposals.max_size=200",
-                           "+proposals.min_size=4", "+proposals.max_boxes=100", "hydra.run.dir=run"],
+                           "++proposals.cache_dir=props", "++proposals.mode=fast", "++proposals.max_size=200",
+                           "++proposals.min_size=4", "++proposals.max_boxes=100", "hydra.run.dir=run"],
                           cwd=away, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     written = json.loads((away / "out" / "detections.json").read_text())

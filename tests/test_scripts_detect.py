@@ -26,8 +26,8 @@ def test_detect_folder_with_a_corrupt_file(tmp_path, shapes_root, tiny_checkpoin
     out = tmp_path / "out"
     cmd = [sys.executable, "scripts/detect.py", f"checkpoint={tiny_checkpoint}", f"input={folder}",
            f"output={out}", "test.score_thresh=0.0", "test.max_per_image=5", "loader_workers=1",
-           f"+proposals.cache_dir={tmp_path / 'props'}", "+proposals.mode=fast", "+proposals.max_size=200",
-           "+proposals.min_size=1", "+proposals.max_boxes=100",  # min_size 1: the 3 px strip keeps windows
+           f"++proposals.cache_dir={tmp_path / 'props'}", "++proposals.mode=fast", "++proposals.max_size=200",
+           "++proposals.min_size=1", "++proposals.max_boxes=100",  # min_size 1: the 3 px strip keeps windows
            f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1
@@ -77,9 +77,9 @@ def test_detect_list_names_by_relative_path_and_survives_a_failing_image(tmp_pat
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("detect", overrides=[f"checkpoint={tiny_checkpoint}", f"input={listing}", f"output={out}",
                                            "test.score_thresh=0.0", "test.max_per_image=3", "loader_workers=1",
-                                           f"+proposals.cache_dir={tmp_path / 'props'}", "+proposals.mode=fast",
-                                           "+proposals.max_size=200", "+proposals.min_size=4",
-                                           "+proposals.max_boxes=100"])
+                                           f"++proposals.cache_dir={tmp_path / 'props'}", "++proposals.mode=fast",
+                                           "++proposals.max_size=200", "++proposals.min_size=4",
+                                           "++proposals.max_boxes=100"])
     failures = detect_job(cfg)
     z = tmp_path / "in" / "z" / "a.jpg"
     assert failures == [f"{z}: detection failed (RuntimeError: simulated kernel failure)"]

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def configure_inference(model: SPPNet, node) -> None:
     """Inference options of a config node (the ``test`` node of train, eval and detect):
     ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's)."""
-    model.set_precision(node.get("precision", "float32"))
-    if node.get("svd_rank"):
+    if node.get("svd_rank"):  # before the precision: int8 quantises the SVD's layers, and auto times them
         model.compress(tuple(node.svd_rank))
+    model.set_precision(node.get("precision", "float32"))
     classifier, box_head = node.get("classifier", "auto"), node.get("bbox_reg", "auto")
     if classifier != "auto" or box_head != "auto":
         try:

@@ -8,13 +8,13 @@ from torch import nn
 
 from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
-from .heads import SPPHead, compress_head
+from .heads import SPPHead, compress_head, fastest_head, quantize_head
 from .postprocess import postprocess_detections
 from .maps import FeatureMap, channels_last, distinct_cells
 from .resize import resize_image
 from .spp import SpatialPyramidPooling, project_windows, released_scaling
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 INFERENCE_CHUNK = 512  # windows pooled and scored together at inference
 
 
@@ -67,13 +67,28 @@ class SPPNet(nn.Module):
         self._workspace: torch.Tensor | None = None  # pooled vectors of one chunk, see workspace()
 
     def set_precision(self, precision: str) -> str:
-        """Inference arithmetic of trunk and heads: "float32", "bfloat16" (autocast), or
-        "auto" (bfloat16 where this device multiplies it natively, float32 elsewhere).
-        Pooling, softmax and box decoding stay float32. Returns what was chosen."""
+        """Inference arithmetic: "float32"; "bfloat16" (autocast of trunk and heads);
+        "int8" (fc6/fc7 dynamically quantised, CPU only; the rest float32); or "auto": on a
+        GPU bfloat16 where native, on a CPU whichever of float32, bfloat16 (where the CPU
+        multiplies it natively) and int8 runs this model's heads fastest here, timed once
+        (fc6/fc7 dominate SPP-net's test time, and which is fastest depends on the CPU:
+        benchmarks/head_speed.py). Pooling, softmax and box decoding stay float32. Returns
+        what was chosen."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision '{precision}': use one of {PRECISIONS}")
+        device = self.trunk.mean.device
         if precision == "auto":
-            precision = "bfloat16" if bf16_supported(self.trunk.mean.device) else "float32"
+            if device.type == "cpu":
+                precision = fastest_head(self.head, bf16=bf16_supported(device))
+            else:
+                precision = "bfloat16" if bf16_supported(device) else "float32"
+        if precision == "int8":
+            if device.type != "cpu":
+                raise ValueError(f"precision 'int8' runs on the CPU only, not {device}")
+            if self.precision != "int8":
+                quantize_head(self.head)
+        elif self.precision == "int8":
+            raise ValueError(f"precision '{precision}': the heads are int8 already (load the model again)")
         self.precision = precision
         return precision
 

@@ -1,8 +1,13 @@
 """fc6/fc7 and the two outputs: class scores and class-specific box deltas."""
 from __future__ import annotations
 
+import copy
+import time
+import warnings
+
 import torch
 from torch import nn
+from torch.ao.quantization import quantize_dynamic
 
 
 CLASSIFIERS = ("softmax", "svm")
@@ -155,3 +160,42 @@ def compress_head(head: SPPHead, ranks: tuple[int, int]) -> SPPHead:
     head.fc6 = truncated_linear(head.fc6, ranks[0])
     head.fc7 = truncated_linear(head.fc7, ranks[1])
     return head
+
+
+def quantize_head(head: SPPHead) -> SPPHead:
+    """fc6 and fc7 as int8 dynamically quantised layers (weights int8 per tensor, each
+    batch's activations quantised on the fly; torch.ao's x86/fbgemm kernels, CPU only).
+    The outputs, SVMs and ridge stay float32: they are small, and their rounding would
+    move scores and boxes directly. For inference only: changed in place and returned."""
+    with warnings.catch_warnings():  # torch 2.14 marks torch.ao's eager quantisation deprecated (torchao
+        warnings.simplefilter("ignore")  # succeeds it; its CPU int8 path is not the fbgemm one timed here)
+        return quantize_dynamic(head, qconfig_spec={"fc6", "fc7"}, dtype=torch.qint8, inplace=True)
+
+
+def head_time(head: SPPHead, x: torch.Tensor, bf16: bool = False, repeats: int = 3, chunk: int = 512) -> float:
+    """Best of ``repeats`` seconds for ``head`` on the rows of ``x`` in chunks of ``chunk``,
+    after a warm-up. Each repeat opens its own autocast context, as inference does per
+    image: bf16 autocast casts fc6/fc7's weights once per context, a cost a real image pays."""
+    best = float("inf")
+    for i in range(repeats + 1):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            t0 = time.perf_counter()
+            for j in range(0, len(x), chunk):
+                head(x[j:j + chunk])
+            if i:
+                best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fastest_head(head: SPPHead, bf16: bool, rows: int = 512, timer=head_time) -> str:
+    """The precision ("float32", "bfloat16" when ``bf16`` is native here, "int8") whose
+    heads score ``rows`` windows fastest on this CPU (one chunk, as a photo with fast
+    proposals has), timed on a copy of ``head`` with random input (the time does not
+    depend on the values). ``timer`` is head_time's signature (tests pass their own)."""
+    fc6 = head.fc6[0] if isinstance(head.fc6, nn.Sequential) else head.fc6
+    x = torch.randn(rows, fc6.in_features, generator=torch.Generator().manual_seed(0))
+    times = {"float32": timer(head, x)}
+    if bf16:
+        times["bfloat16"] = timer(head, x, bf16=True)
+    times["int8"] = timer(quantize_head(copy.deepcopy(head)), x)
+    return min(times, key=times.get)
