@@ -75,5 +75,5 @@ def detect_job(cfg: DictConfig) -> list[str]:
         log.error("%s", msg)
     print(f"{len(entries) - len(failures)} image(s) processed, {len(failures)} failed, "
           f"{len(results)} detections -> {out} ({len(entries) / max(seconds, 1e-9):.2f} images/s; "
-          f"{missing} without stored windows, {workers} loader process(es))")
+          f"{missing} without stored windows, {workers} loader process(es), {detector.model.precision} heads)")
     return failures

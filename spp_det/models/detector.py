@@ -69,10 +69,10 @@ class SPPNet(nn.Module):
     def set_precision(self, precision: str) -> str:
         """Inference arithmetic: "float32"; "bfloat16" (autocast of trunk and heads);
         "int8" (fc6/fc7 dynamically quantised, CPU only; the rest float32); or "auto": on a
-        GPU bfloat16 where native, on a CPU whichever of float32, bfloat16 (where the CPU
-        multiplies it natively) and int8 runs this model's heads fastest here, timed once
-        (fc6/fc7 dominate SPP-net's test time, and which is fastest depends on the CPU:
-        benchmarks/head_speed.py). Pooling, softmax and box decoding stay float32. Returns
+        GPU bfloat16 where native, on a CPU the most exact of float32, bfloat16 (where the
+        CPU multiplies it natively) and int8 whose heads run within 10% of the fastest here,
+        timed once (fc6/fc7 dominate SPP-net's test time, and which is fastest depends on
+        the CPU: benchmarks/head_speed.py, heads.fastest_head). Pooling, softmax and box decoding stay float32. Returns
         what was chosen."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision '{precision}': use one of {PRECISIONS}")
