@@ -67,13 +67,10 @@ class SPPNet(nn.Module):
         self._workspace: torch.Tensor | None = None  # pooled vectors of one chunk, see workspace()
 
     def set_precision(self, precision: str) -> str:
-        """Inference arithmetic: "float32"; "bfloat16" (autocast of trunk and heads);
-        "int8" (fc6/fc7 dynamically quantised, CPU only; the rest float32); or "auto": on a
-        GPU bfloat16 where native, on a CPU the most exact of float32, bfloat16 (where the
-        CPU multiplies it natively) and int8 whose heads run within 10% of the fastest here,
-        timed once (fc6/fc7 dominate SPP-net's test time, and which is fastest depends on
-        the CPU: benchmarks/head_speed.py, heads.fastest_head). Pooling, softmax and box decoding stay float32. Returns
-        what was chosen."""
+        """Inference arithmetic: "float32"; "bfloat16" (autocast of trunk and heads); "int8"
+        (fc6/fc7 dynamically quantised, CPU only); or "auto": bfloat16 on a GPU that has it,
+        on a CPU heads.fastest_head (fc6/fc7 dominate the test time, and which precision is
+        fastest depends on the CPU). Pooling, softmax and decoding stay float32. Returns it."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision '{precision}': use one of {PRECISIONS}")
         device = self.trunk.mean.device
