@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe, machine_info  # noqa: E402
+from machine import describe, machine_info, write_report  # noqa: E402
 from speed import Stopwatch  # noqa: E402
 
 from spp_det.data import build_dataset, read_image  # noqa: E402
@@ -176,11 +176,7 @@ def main() -> None:
         props = f"{r['proposals']['mode']} {r['proposals']['max_size']} px"
         lines.append(f"| {r['row']} | {props} | {r['loader_workers']} | {r['threads']} | {r['precision']} | "
                      f"{r['seconds']:.1f} | {r['photos_per_s']:.2f} | {r['detections']} |")
-    table = "\n".join(lines)
-    print(table)
-    write_atomic(args.out / "detect_folder.md", (table + "\n").encode())
-    write_atomic(args.out / "detect_folder.json", json.dumps({"machine": info, "checkpoint": args.checkpoint,
-                                                              "stages": stage_rows, "rows": rows}, indent=2).encode())
+    write_report(args.out, "detect_folder", lines, {"checkpoint": args.checkpoint, "stages": stage_rows, "rows": rows})
 
 
 if __name__ == "__main__":

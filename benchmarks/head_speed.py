@@ -33,11 +33,10 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe, machine_info  # noqa: E402
+from machine import describe, machine_info, write_report  # noqa: E402
 
 from spp_det.data import build_dataset, read_image  # noqa: E402
 from spp_det.evaluation.evaluate import evaluate  # noqa: E402
-from spp_det.files import write_atomic  # noqa: E402
 from spp_det.jobs.eval import dataset_config  # noqa: E402
 from spp_det.models import postprocess_detections  # noqa: E402
 from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
@@ -161,11 +160,7 @@ def main() -> None:
         ranks = "/".join(map(str, r["svd_rank"])) if r["svd_rank"] else "-"
         lines.append(f"| {name} | {r['precision']} | {ranks} | {'yes' if r['compiled'] else 'no'} | {r['threads']} | "
                      f"{r['head_s']:.3f} | {speed} | {acc} |")
-    table = "\n".join(lines)
-    print(table)
-    write_atomic(args.out / "head_speed.md", (table + "\n").encode())
-    write_atomic(args.out / "head_speed.json", json.dumps({"machine": info, "checkpoint": args.checkpoint,
-                                                           "windows": args.windows, "rows": results}, indent=2).encode())
+    write_report(args.out, "head_speed", lines, {"checkpoint": args.checkpoint, "windows": args.windows, "rows": results})
 
 
 if __name__ == "__main__":

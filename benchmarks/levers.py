@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe, machine_info  # noqa: E402
+from machine import describe, machine_info, write_report  # noqa: E402
 
 from spp_det.errors import SppDetError  # noqa: E402
 from spp_det.files import write_atomic  # noqa: E402
@@ -152,10 +152,7 @@ def main() -> None:
         aps = " | ".join(f"{r['AP'][c]:.3f}" for c in classes)
         lines.append(f"| {r['row']} | {r['setting']} | {aps} | {r['mAP']:.3f} | {r['train_s']:.0f} | "
                      f"{r['test_s_per_image']:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    write_atomic(args.out / "levers.md", (table + "\n").encode())
-    write_atomic(args.out / "levers.json", json.dumps({"machine": info, "rows": rows}, indent=2).encode())
+    write_report(args.out, "levers", lines, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 build, and which native bf16 the CPU has (AMX tiles, AVX-512 BF16, or none)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+from spp_det.files import write_atomic
 
 
 def cpu_model() -> str:
@@ -33,6 +37,15 @@ def describe(info: dict) -> str:
     """One line for a table's caption."""
     return (f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, torch {info['torch']}, "
             f"native bf16: {info['native_bf16']}")
+
+
+def write_report(out: Path, name: str, lines: list[str], record: dict) -> None:
+    """Print a benchmark's table and write it as ``out/<name>.md``, with ``record`` (the
+    machine added) as ``out/<name>.json``; both atomically."""
+    table = "\n".join(lines)
+    print(table)
+    write_atomic(Path(out) / f"{name}.md", (table + "\n").encode())
+    write_atomic(Path(out) / f"{name}.json", json.dumps({"machine": machine_info(), **record}, indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and ``proposal_settings.md`` in ``--out`` with the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -27,10 +26,9 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import describe, machine_info  # noqa: E402
+from machine import describe, machine_info, write_report  # noqa: E402
 
 from spp_det.data import build_dataset  # noqa: E402
-from spp_det.files import write_atomic  # noqa: E402
 from spp_det.jobs.eval import dataset_config, evaluate_checkpoint  # noqa: E402
 from spp_det.models.checkpoint import load_checkpoint  # noqa: E402
 from spp_det.proposals import build_proposals, compute_missing, proposal_recall  # noqa: E402
@@ -98,11 +96,7 @@ def main() -> None:
         lines.append(f"| {r['row']} | {settings} | {r['photos_per_s']:.2f} | {r['s_per_photo_one_core']:.2f} | "
                      f"{r['boxes_per_photo']:.0f} | {r['recall@0.5']:.3f} | {r['recall@0.7']:.3f} | "
                      f"{r['average_recall']:.3f} | {r['mAP']:.3f} | {r['mAP'] - ref:+.3f} |")
-    table = "\n".join(lines)
-    print(table)
-    write_atomic(args.out / "proposal_settings.md", (table + "\n").encode())
-    write_atomic(args.out / "proposal_settings.json",
-                 json.dumps({"machine": info, "checkpoint": args.checkpoint, "rows": rows}, indent=2).encode())
+    write_report(args.out, "proposal_settings", lines, {"checkpoint": args.checkpoint, "rows": rows})
 
 
 if __name__ == "__main__":
