@@ -51,6 +51,12 @@ def test_every_recipe_is_listed_and_composes_what_it_says():
     # [0.3, 0.5), trained at 480 and tested at three scales
     voc = _compose("train", "+experiment=voc2012_1800_lite0")
     assert (voc.train.hard_bg_fraction, voc.train.hard_bg_iou, list(voc.model.scales)) == (0.5, 0.3, [400, 480, 576])
+    # detect.py's fast proposals where a recipe measured them (voc2012-1800: 200 px within
+    # 0.01 mAP), none elsewhere (shapes loses 0.09 mAP at 200 px: it keeps its training ones)
+    for name in RECIPES:
+        cfg = _compose("train", f"+experiment={name}")
+        fast = cfg.dataset.name.startswith("voc2012_1800")
+        assert (cfg.detect_proposals.max_size if fast else cfg.detect_proposals) == (200 if fast else None), name
     # random fc6/fc7 on a frozen trunk underfit with the paper's dropout 0.5 (issue 16: 0.243
     # vs 0.430 on voc2012-1800); ImageNet-initialised ones keep it
     for name in RECIPES:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from spp_det.jobs.detect import detect_job
+from spp_det.proposals import build_proposals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +132,35 @@ def test_detect_never_writes_over_an_input(tmp_path, shapes_root, tiny_checkpoin
         check(folder / "000008.jpg", folder)               # one file, output = its folder
     check(listing, folder / "sub")                         # a list's folder may hold the output elsewhere
     check(folder, tmp_path / "out")
+
+
+def test_detect_defaults_to_the_fast_proposals_its_recipe_measured(tmp_path, shapes_root, tiny_checkpoint):
+    """A checkpoint whose recipe names detection proposals (``detect_proposals``) is run
+    with them by default; without them, with its training proposals; ``proposals=`` wins."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    training = dict(ckpt["proposals_cfg"], cache_dir=str(tmp_path / "props"))
+    fast = dict(training, max_size=120)
+    photo = tmp_path / "in" / "a.jpg"
+    photo.parent.mkdir()
+    shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / "000009.jpg", photo)
+
+    def searched(checkpoint, *extra):
+        """Which of the two settings' caches holds the photo after one detect.py run."""
+        shutil.rmtree(tmp_path / "props", ignore_errors=True)
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("detect", overrides=[f"checkpoint={checkpoint}", f"input={photo}",
+                                               f"output={tmp_path / 'out'}", "loader_workers=0", *extra])
+        assert detect_job(cfg) == []
+        return [name for name, node in (("training", training), ("fast", fast))
+                if build_proposals(OmegaConf.create(node))[0].has(photo)]
+
+    ckpt["proposals_cfg"], ckpt["detect_proposals_cfg"] = training, fast
+    with_fast = tmp_path / "with_fast.pt"
+    torch.save(ckpt, with_fast)
+    ckpt["detect_proposals_cfg"] = None
+    without = tmp_path / "without.pt"
+    torch.save(ckpt, without)
+    assert searched(with_fast) == ["fast"]
+    assert searched(without) == ["training"]
+    assert searched(with_fast, "proposals=ss_fast_small", f"proposals.cache_dir={tmp_path / 'props'}",
+                    "proposals.max_size=200") == ["training"]  # the tiny run's own settings, asked for

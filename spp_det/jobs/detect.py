@@ -19,6 +19,7 @@ from ..evaluation.detections import image_results
 from ..files import write_json_atomic
 from ..inference.api import Detector
 from ..inference.loader import Files, inference_workers, loader_kwargs
+from ..models.checkpoint import load_checkpoint
 from ..visualize import draw_detections
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ def detect_job(cfg: DictConfig) -> list[str]:
     entries = list_images(cfg.input)
     pictures = output_names([n for _, n in entries])
     check_output(cfg.input, cfg.output, [f for f, _ in entries], pictures)  # never write over a photo
-    detector = Detector.from_test_config(cfg.checkpoint, cfg.test, cfg.device, cfg.get("proposals"), cfg.get("rcnn"))
+    ckpt = load_checkpoint(cfg.checkpoint)
+    # the proposals asked for, else the fast ones the checkpoint's recipe measured, else its training ones
+    proposals = cfg.get("proposals") or ckpt.get("detect_proposals_cfg")
+    detector = Detector.from_test_config(cfg.checkpoint, cfg.test, cfg.device, proposals, cfg.get("rcnn"), loaded=ckpt)
     classes, store, ss = detector.classes, detector.store, detector.ss
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

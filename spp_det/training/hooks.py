@@ -143,6 +143,8 @@ class Checkpointer:
         out = {"model": self.model.state_dict(), "classes": list(self.classes),
                "model_cfg": OmegaConf.to_container(cfg.model, resolve=True),
                "proposals_cfg": OmegaConf.to_container(cfg.proposals, resolve=True),
+               "detect_proposals_cfg": (OmegaConf.to_container(cfg.detect_proposals, resolve=True)
+                                        if cfg.get("detect_proposals") else None),
                "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
                "config": OmegaConf.to_container(cfg, resolve=True),
                "trunk": self.model.trunk.name,
