@@ -143,11 +143,11 @@ def main() -> None:
         print(json.dumps(results[name]))
         if ROWS[name][3] is None:  # one thread changes the time, not the numbers
             models[name] = model
-    if not args.no_accuracy:
+    if models and not args.no_accuracy:
         for name, acc in accuracy(models, args.checkpoint, ckpt, args.photos).items():
             results[name].update(acc)
     ref = results.get("float32", {})
-    width = next(iter(models.values())).spp.output_size(next(iter(models.values())).trunk.out_channels)
+    width = model.spp.output_size(model.trunk.out_channels)  # the last row's: every row has the same
     lines = [f"{args.checkpoint}: heads {width} -> fc6 -> fc7 -> outputs on {args.windows} windows, "
              f"best of {args.repeats}; mAP on {results[rows[0]].get('photos', 'the')} test photos from shared float32 "
              f"conv maps; {describe(info)}", "",

@@ -176,8 +176,9 @@ def test_eval_number_does_not_depend_on_the_cpus_bf16(tmp_path, tiny_checkpoint,
     assert a["nms_thresh"] == 0.3 and a["max_windows"] == 50 and a["iteration"] is not None
     assert len(a["checkpoint_sha1"]) == 16
     # bf16 is an explicit opt-in, and recorded
+    monkeypatch.setattr(detector, "fastest_head", lambda head, bf16, trunk=None: "int8")  # not this CPU's timing
     cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false", "test.precision=auto")
-    assert evaluate_checkpoint(cfg, tmp_path / "auto")["precision"] == "float32"  # bf16_supported -> False now
+    assert evaluate_checkpoint(cfg, tmp_path / "auto")["precision"] == "int8"
 
 
 def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, shapes_root, tiny_checkpoint):

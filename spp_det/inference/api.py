@@ -50,8 +50,9 @@ class Detector:
                         scales: Sequence[int] | None = None, score_thresh: float = 0.05, nms_thresh: float = 0.3,
                         max_per_image: int = 100, loaded: dict | None = None) -> "Detector":
         """The model of a ``train.py`` checkpoint, ready to detect. ``proposals``: a
-        ``configs/proposals`` node or dict (None: the checkpoint's own settings);
-        ``precision`` float32 | bfloat16 | auto; ``classifier`` softmax | svm | auto,
+        ``configs/proposals`` node or dict (None: the checkpoint's training proposals; detect.py
+        passes the recipe's detection proposals, ``detect_proposals_cfg``, where it has them);
+        ``precision`` float32 | bfloat16 | int8 | auto; ``classifier`` softmax | svm | auto,
         ``bbox_reg`` learned | ridge | none | auto (auto: what the checkpoint carries);
         ``svd_rank`` (r6, r7) truncated SVD of fc6/fc7; ``rcnn`` R-CNN mode (None: the
         mode it was trained in); ``scales`` test scales (None: the checkpoint's); ``loaded``:

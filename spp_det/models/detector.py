@@ -69,14 +69,16 @@ class SPPNet(nn.Module):
     def set_precision(self, precision: str) -> str:
         """Inference arithmetic: "float32"; "bfloat16" (autocast of trunk and heads); "int8"
         (fc6/fc7 dynamically quantised, CPU only); or "auto": bfloat16 on a GPU that has it,
-        on a CPU heads.fastest_head (fc6/fc7 dominate the test time, and which precision is
-        fastest depends on the CPU). Pooling, softmax and decoding stay float32. Returns it."""
+        on a CPU heads.fastest_head on this model's heads and trunk (which precision is fastest
+        depends on the CPU). Pooling, softmax and decoding stay float32. Returns it."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision '{precision}': use one of {PRECISIONS}")
         device = self.trunk.mean.device
+        if precision == "auto" and self.precision == "int8":
+            precision = "int8"  # quantised heads cannot go back, nor be timed as float32
         if precision == "auto":
             if device.type == "cpu":
-                precision = fastest_head(self.head, bf16=bf16_supported(device))
+                precision = fastest_head(self.head, bf16=bf16_supported(device), trunk=self.trunk)
             else:
                 precision = "bfloat16" if bf16_supported(device) else "float32"
         if precision == "int8":

@@ -187,19 +187,27 @@ def head_time(head: SPPHead, x: torch.Tensor, bf16: bool = False, repeats: int =
     return best
 
 
-def fastest_head(head: SPPHead, bf16: bool, rows: int = 512, slack: float = 0.1, timer=head_time) -> str:
+def fastest_head(head: SPPHead, bf16: bool, rows: int = 512, slack: float = 0.1, timer=head_time,
+                 trunk: nn.Module | None = None, side: int = 480) -> str:
     """The precision for ``auto``: of "float32", "bfloat16" (when ``bf16`` is native here)
     and "int8", timed on this CPU on a copy of ``head`` for ``rows`` windows (one chunk, as
-    a photo with fast proposals has; random input: the time does not depend on the
-    values), the most exact one within ``slack`` of the fastest time. Exactness first
-    because the costs differ: on voc2012-1800 val bf16 heads cost the recipe's model
-    0.0001 mAP, int8 ones 0.007 (benchmarks/head_speed.py). ``timer`` is head_time's
-    signature (tests pass their own)."""
+    a photo with fast proposals has) plus, with ``trunk``, one ``side`` x ``side`` image
+    through it (int8 leaves the trunk float32, bf16 autocasts it too); random input, as the
+    time does not depend on the values. Returns the most exact one within ``slack`` of the
+    fastest: on voc2012-1800 val bf16 heads moved the recipe's mAP by +0.0001, int8 ones by
+    -0.007 (benchmarks/head_speed.py). ``timer`` is head_time's signature (tests pass their own)."""
     fc6 = head.fc6[0] if isinstance(head.fc6, nn.Sequential) else head.fc6
     x = torch.randn(rows, fc6.in_features, generator=torch.Generator().manual_seed(0))
     times = {"float32": timer(head, x)}
     if bf16:
         times["bfloat16"] = timer(head, x, bf16=True)
     times["int8"] = timer(quantize_head(copy.deepcopy(head)), x)
+    if trunk is not None:
+        image = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(fc6.weight.device)
+        full = timer(trunk, image)
+        times["float32"] += full
+        times["int8"] += full
+        if bf16:
+            times["bfloat16"] += timer(trunk, image, bf16=True)
     fastest = min(times.values())
     return next(p for p, t in times.items() if t <= fastest * (1 + slack))  # in order of exactness
