@@ -172,16 +172,16 @@ def quantize_head(head: SPPHead) -> SPPHead:
         return quantize_dynamic(head, qconfig_spec={"fc6", "fc7"}, dtype=torch.qint8, inplace=True)
 
 
-def head_time(head: SPPHead, x: torch.Tensor, bf16: bool = False, repeats: int = 3, chunk: int = 512) -> float:
-    """Best of ``repeats`` seconds for ``head`` on the rows of ``x`` in chunks of ``chunk``,
-    after a warm-up. Each repeat opens its own autocast context, as inference does per
+def head_time(module: nn.Module, x: torch.Tensor, bf16: bool = False, repeats: int = 3, chunk: int = 512) -> float:
+    """Best of ``repeats`` seconds for ``module`` (the heads, or the trunk on a (1, 3, H, W)
+    image) on the rows of ``x`` in chunks of ``chunk``, after a warm-up. Each repeat opens its own autocast context, as inference does per
     image: bf16 autocast casts fc6/fc7's weights once per context, a cost a real image pays."""
     best = float("inf")
     for i in range(repeats + 1):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             t0 = time.perf_counter()
             for j in range(0, len(x), chunk):
-                head(x[j:j + chunk])
+                module(x[j:j + chunk])
             if i:
                 best = min(best, time.perf_counter() - t0)
     return best
