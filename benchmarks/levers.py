@@ -39,6 +39,9 @@ BASELINE = ["model.scales=[480]", "train.flip=false", "solver.max_iter=2000", "s
 # the stride-16 block of Lite0 (112 linear channels): cheap enough to sweep
 BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", "model.train_scales=[480]",
          "model.max_size=1000"]
+# the voc2012_1800_lite0 recipe's training (tested at 480 alone, as every row)
+RECIPE = ["model.dropout=0", "train.flip=true", "solver.max_iter=4000", "solver.steps=[3200]",
+          "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]
 # row -> (what it changes, overrides on top of BASE + BASELINE; the recipe's own dropout is 0)
 LEVERS: dict[str, tuple[str, list[str]]] = {
     "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK + ["model.dropout=0.5"]),
@@ -80,6 +83,10 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                        "IoU [0.1, 0.5)",
                                        ["model.dropout=0", "train.flip=true", "solver.max_iter=4000",
                                         "solver.steps=[3200]", "train.hard_bg_fraction=0.5"]),
+    "dilated_recipe_8k": ("dilated Lite0, dropout 0, flips, half the background from IoU [0.3, 0.5), 8k its",
+                          RECIPE + ["solver.max_iter=8000", "solver.steps=[6400]"]),
+    "dilated_recipe_fc2048": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
+                              "fc6/fc7 2048 wide", RECIPE + ["model.hidden=2048"]),
     "lite2_dilated_flip_4k_hardbg50_iou3": ("dilated Lite2 (ImageNet top-1 77.6 vs Lite0's 75.1), dropout 0, flips, "
                                             "4k its, half the background from IoU [0.3, 0.5)",
                                             ["model=efficientnet_lite2_dilated", "model.dropout=0", "train.flip=true",
