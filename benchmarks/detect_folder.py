@@ -61,10 +61,13 @@ ROWS: dict[str, tuple] = {
 STAGES = ("decode", "proposals", "resize", "trunk", "pooling", "heads", "nms", "drawing", "json")
 
 
-def detect_config(checkpoint: str, listing: Path, out: Path, row: str, proposals: str):
+def detect_config(checkpoint: str, listing: Path, out: Path, row: str, proposals: str,
+                  scales: list[int] | None = None):
     props, workers, _, precision = ROWS[row]
     overrides = [f"checkpoint={checkpoint}", f"input={listing}", f"output={out / 'pictures'}",
                  f"loader_workers={workers}", f"test.precision={precision}"]
+    if scales:
+        overrides.append(f"test.scales=[{','.join(map(str, scales))}]")
     if props is not None:
         overrides.append(f"proposals={proposals}")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -76,10 +79,11 @@ def detect_config(checkpoint: str, listing: Path, out: Path, row: str, proposals
     return cfg
 
 
-def run_row(row: str, checkpoint: str, listing: Path, out: Path, proposals: str, photos: int) -> dict:
+def run_row(row: str, checkpoint: str, listing: Path, out: Path, proposals: str, photos: int,
+            scales: list[int] | None = None) -> dict:
     target = out / row
     shutil.rmtree(target, ignore_errors=True)
-    cfg = detect_config(checkpoint, listing, target, row, proposals)
+    cfg = detect_config(checkpoint, listing, target, row, proposals, scales)
     threads = torch.get_num_threads()
     torch.set_num_threads(ROWS[row][2])
     t0 = time.perf_counter()
@@ -91,15 +95,18 @@ def run_row(row: str, checkpoint: str, listing: Path, out: Path, proposals: str,
     results = json.loads((target / "pictures" / "detections.json").read_text())
     return {"row": row, "proposals": OmegaConf.to_container(cfg.proposals), "loader_workers": ROWS[row][1],
             "threads": ROWS[row][2], "precision": ROWS[row][3], "photos": photos, "failed": len(failures),
+            "scales": list(cfg.test.scales or load_checkpoint(checkpoint)["model_cfg"]["scales"]),
             "seconds": wall, "photos_per_s": photos / wall, "detections": len(results)}
 
 
-def stage_table(checkpoint: str, files: list[Path], ss_node, precision: str, threads: int) -> dict[str, float]:
-    """Mean seconds per photo of each stage, run one after another in this process."""
+def stage_table(checkpoint: str, files: list[Path], ss_node, precision: str, threads: int,
+                scales: list[int] | None = None) -> dict[str, float]:
+    """Mean seconds per photo of each stage, run one after another in this process, at
+    ``scales`` (None: the checkpoint's test scales)."""
     torch.set_num_threads(threads)
     detector = Detector.from_checkpoint(checkpoint, precision=precision, proposals=ss_node, score_thresh=0.5)
     model, ss = detector.model, detector.ss
-    scales = tuple(model.scales)
+    scales = tuple(scales or model.scales)
     times = {s: [] for s in STAGES}
     for k, f in enumerate([files[0]] + list(files)):  # the first is a warm-up (numba's kernel, allocator)
         t = [time.perf_counter()]
@@ -147,6 +154,8 @@ def main() -> None:
     ap.add_argument("--proposals", default="ss_fast_200", help="configs/proposals name of the 'after' rows")
     ap.add_argument("--photos", type=int, default=None, help="first N test photos (default: all)")
     ap.add_argument("--stage-photos", type=int, default=40)
+    ap.add_argument("--scales", type=int, nargs="*", default=None,
+                    help="test scales (detect.py's test.scales; default: the checkpoint's)")
     ap.add_argument("--out", type=Path, default=Path("outputs/detect_folder"))
     args = ap.parse_args()
     info = machine_info()
@@ -159,10 +168,12 @@ def main() -> None:
     write_atomic(listing, ("\n".join(map(str, files)) + "\n").encode())
 
     stage_rows = {"before": stage_table(args.checkpoint, files[: args.stage_photos],
-                                        OmegaConf.create(ckpt["proposals_cfg"]), ROWS["before"][3], 2),
-                  "after": stage_table(args.checkpoint, files[: args.stage_photos], cfg.proposals, "auto", 2)}
-    rows = [run_row(r, args.checkpoint, listing, args.out, args.proposals, len(files)) for r in args.rows]
-    lines = [f"{args.checkpoint}; {describe(info)}", "",
+                                        OmegaConf.create(ckpt["proposals_cfg"]), ROWS["before"][3], 2, args.scales),
+                  "after": stage_table(args.checkpoint, files[: args.stage_photos], cfg.proposals, "auto", 2,
+                                       args.scales)}
+    rows = [run_row(r, args.checkpoint, listing, args.out, args.proposals, len(files), args.scales)
+            for r in args.rows]
+    lines = [f"{args.checkpoint}, test scales {rows[0]['scales'] if rows else args.scales}; {describe(info)}", "",
              f"Stages, one after another in one process, mean s per photo over {min(len(files), args.stage_photos)} "
              f"photos (before: the checkpoint's proposals; after: {args.proposals}, precision auto):", "",
              "| | " + " | ".join(STAGES) + " | total | precision |", "|---" * (len(STAGES) + 3) + "|"]

@@ -5,7 +5,7 @@ time and its accuracy cost (issue 18).
     python benchmarks/head_speed.py --checkpoint ... --rows float32 int8 --photos 60
 
 Rows: float32 (and on one thread), bfloat16 autocast (only where the CPU multiplies it
-natively: AMX or AVX-512 BF16), int8 dynamic quantisation of fc6/fc7 (torch.ao, fbgemm),
+natively: AMX or AVX-512 BF16; ``--emulated-bf16`` times them elsewhere too), int8 dynamic quantisation of fc6/fc7 (torch.ao, fbgemm),
 truncated SVD of fc6/fc7 (Fast R-CNN), the inductor CPU backend (``torch.compile``) in
 float32 and bfloat16, and what ``precision=auto`` picks here (detect.py's default).
 
@@ -128,10 +128,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--photos", type=int, default=None, help="first N test photos (default: all)")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--emulated-bf16", action="store_true",
+                    help="time the bfloat16 rows on a CPU without native bf16 too (what auto never picks there)")
     ap.add_argument("--out", type=Path, default=Path("outputs/head_speed"))
     args = ap.parse_args()
     info = machine_info()
-    rows = [r for r in args.rows if ROWS[r][0] != "bfloat16" or bf16_supported("cpu")]
+    rows = [r for r in args.rows if ROWS[r][0] != "bfloat16" or bf16_supported("cpu") or args.emulated_bf16]
     ckpt = load_checkpoint(args.checkpoint)
     models, results = {}, {}
     for name in rows:
@@ -150,7 +152,8 @@ def main() -> None:
     width = model.spp.output_size(model.trunk.out_channels)  # the last row's: every row has the same
     lines = [f"{args.checkpoint}: heads {width} -> fc6 -> fc7 -> outputs on {args.windows} windows, "
              f"best of {args.repeats}; mAP on {results[rows[0]].get('photos', 'the')} test photos from shared float32 "
-             f"conv maps; {describe(info)}", "",
+             f"conv maps; {describe(info)}"
+             + ("" if bf16_supported("cpu") else "; no native bf16 here: bfloat16 rows, where present, emulated"), "",
              "| row | precision | SVD | compiled | threads | heads s | vs float32 | mAP | vs float32 |", "|---" * 9 + "|"]
     for name in rows:
         r = results[name]
