@@ -164,3 +164,39 @@ def test_detect_defaults_to_the_fast_proposals_its_recipe_measured(tmp_path, sha
     assert searched(without) == ["training"]
     assert searched(with_fast, "proposals=ss_fast_small", f"proposals.cache_dir={tmp_path / 'props'}",
                     "proposals.max_size=200") == ["training"]  # the tiny run's own settings, asked for
+
+
+def test_detect_defaults_to_the_scales_its_recipe_measured(tmp_path, shapes_root, tiny_checkpoint, monkeypatch):
+    """A checkpoint whose recipe names detection scales (``detect_scales``: the
+    voc2012_1800_lite0 recipe tests at three, detects at 480) runs the trunk at them by
+    default; without them at its test scales (``model.scales``); ``test.scales=`` wins."""
+    from spp_det.models.detector import SPPNet
+
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    ckpt["proposals_cfg"] = dict(ckpt["proposals_cfg"], cache_dir=str(tmp_path / "props"))
+    assert ckpt["model_cfg"]["scales"] == [160] and ckpt["detect_scales"] is None  # written, unset by the run
+    photo = tmp_path / "in" / "a.jpg"
+    photo.parent.mkdir()
+    shutil.copy(shapes_root / "SHAPES" / "JPEGImages" / "000009.jpg", photo)
+    seen: list[tuple[int, ...]] = []
+    real = SPPNet.compute_features
+    monkeypatch.setattr(SPPNet, "compute_features", lambda self, image, scales: seen.append(tuple(scales))
+                        or real(self, image, scales))
+
+    def scales_run(checkpoint, *extra):
+        seen.clear()
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("detect", overrides=[f"checkpoint={checkpoint}", f"input={photo}",
+                                               f"output={tmp_path / 'out'}", "loader_workers=0", *extra])
+        assert detect_job(cfg) == []
+        return set(seen)
+
+    ckpt["detect_scales"] = [128, 192]
+    with_scales = tmp_path / "with_scales.pt"
+    torch.save(ckpt, with_scales)
+    del ckpt["detect_scales"]  # a checkpoint from before the key
+    without = tmp_path / "without.pt"
+    torch.save(ckpt, without)
+    assert scales_run(with_scales) == {(128, 192)}
+    assert scales_run(without) == {(160,)}
+    assert scales_run(with_scales, "test.scales=[144]") == {(144,)}

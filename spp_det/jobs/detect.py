@@ -9,7 +9,7 @@ from pathlib import Path
 import time
 
 import cv2
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -37,7 +37,10 @@ def detect_job(cfg: DictConfig) -> list[str]:
     ckpt = load_checkpoint(cfg.checkpoint)
     # the proposals asked for, else the fast ones the checkpoint's recipe measured, else its training ones
     proposals = cfg.get("proposals") or ckpt.get("detect_proposals_cfg")
-    detector = Detector.from_test_config(cfg.checkpoint, cfg.test, cfg.device, proposals, cfg.get("rcnn"), loaded=ckpt)
+    test = cfg.test  # likewise the scales: test.scales, else the recipe's detection scales, else model.scales
+    if test.get("scales") is None and ckpt.get("detect_scales"):
+        test = OmegaConf.merge(test, {"scales": list(ckpt["detect_scales"])})
+    detector = Detector.from_test_config(cfg.checkpoint, test, cfg.device, proposals, cfg.get("rcnn"), loaded=ckpt)
     classes, store, ss = detector.classes, detector.store, detector.ss
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

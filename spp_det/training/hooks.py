@@ -145,6 +145,7 @@ class Checkpointer:
                "proposals_cfg": OmegaConf.to_container(cfg.proposals, resolve=True),
                "detect_proposals_cfg": (OmegaConf.to_container(cfg.detect_proposals, resolve=True)
                                         if cfg.get("detect_proposals") else None),
+               "detect_scales": list(cfg.detect_scales) if cfg.get("detect_scales") else None,
                "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
                "config": OmegaConf.to_container(cfg, resolve=True),
                "trunk": self.model.trunk.name,
