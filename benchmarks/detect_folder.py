@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -40,7 +40,7 @@ from speed import Stopwatch  # noqa: E402
 from spp_det.data import build_dataset, read_image  # noqa: E402
 from spp_det.evaluation.detections import image_results  # noqa: E402
 from spp_det.files import write_atomic  # noqa: E402
-from spp_det.jobs.detect import detect_job  # noqa: E402
+from spp_det.jobs.detect import detect_job, detection_settings  # noqa: E402
 from spp_det.jobs.eval import dataset_config  # noqa: E402
 from spp_det.models import FeatureMap, postprocess_detections  # noqa: E402
 from spp_det.models.checkpoint import load_checkpoint  # noqa: E402
@@ -61,29 +61,37 @@ ROWS: dict[str, tuple] = {
 STAGES = ("decode", "proposals", "resize", "trunk", "pooling", "heads", "nms", "drawing", "json")
 
 
-def detect_config(checkpoint: str, listing: Path, out: Path, row: str, proposals: str,
+def detect_config(checkpoint: str, ckpt: dict, listing: Path, out: Path, row: str, proposals: str,
                   scales: list[int] | None = None):
+    """detect.py's config for a row; ``scales`` None: what detect.py chooses for the
+    "after" rows, the checkpoint's test scales (its default before) for "before"."""
     props, workers, _, precision = ROWS[row]
     overrides = [f"checkpoint={checkpoint}", f"input={listing}", f"output={out / 'pictures'}",
                  f"loader_workers={workers}", f"test.precision={precision}"]
-    if scales:
-        overrides.append(f"test.scales=[{','.join(map(str, scales))}]")
+    if scales or props is None:
+        overrides.append(f"test.scales=[{','.join(map(str, scales or ckpt['model_cfg']['scales']))}]")
     if props is not None:
         overrides.append(f"proposals={proposals}")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("detect", overrides=overrides)
-    ckpt_props = OmegaConf.create(load_checkpoint(checkpoint)["proposals_cfg"]) if props is None else cfg.proposals
+    ckpt_props = OmegaConf.create(ckpt["proposals_cfg"]) if props is None else cfg.proposals
     node = OmegaConf.to_container(ckpt_props)
     node["cache_dir"] = str(out / "cache")  # cold: an empty store
-    cfg.proposals = OmegaConf.create(node)
+    with open_dict(cfg):  # detect.yaml's proposals default to null: no key in the struct for "before"
+        cfg.proposals = OmegaConf.create(node)
     return cfg
 
 
-def run_row(row: str, checkpoint: str, listing: Path, out: Path, proposals: str, photos: int,
+def row_scales(cfg, ckpt: dict) -> list[int]:
+    """The scales detect.py runs ``cfg`` at (its own rule, jobs.detect.detection_settings)."""
+    return list(detection_settings(cfg, ckpt)[1].scales or ckpt["model_cfg"]["scales"])
+
+
+def run_row(row: str, checkpoint: str, ckpt: dict, listing: Path, out: Path, proposals: str, photos: int,
             scales: list[int] | None = None) -> dict:
     target = out / row
     shutil.rmtree(target, ignore_errors=True)
-    cfg = detect_config(checkpoint, listing, target, row, proposals, scales)
+    cfg = detect_config(checkpoint, ckpt, listing, target, row, proposals, scales)
     threads = torch.get_num_threads()
     torch.set_num_threads(ROWS[row][2])
     t0 = time.perf_counter()
@@ -95,18 +103,17 @@ def run_row(row: str, checkpoint: str, listing: Path, out: Path, proposals: str,
     results = json.loads((target / "pictures" / "detections.json").read_text())
     return {"row": row, "proposals": OmegaConf.to_container(cfg.proposals), "loader_workers": ROWS[row][1],
             "threads": ROWS[row][2], "precision": ROWS[row][3], "photos": photos, "failed": len(failures),
-            "scales": list(cfg.test.scales or load_checkpoint(checkpoint)["model_cfg"]["scales"]),
+            "scales": row_scales(cfg, ckpt),
             "seconds": wall, "photos_per_s": photos / wall, "detections": len(results)}
 
 
 def stage_table(checkpoint: str, files: list[Path], ss_node, precision: str, threads: int,
-                scales: list[int] | None = None) -> dict[str, float]:
-    """Mean seconds per photo of each stage, run one after another in this process, at
-    ``scales`` (None: the checkpoint's test scales)."""
+                scales: list[int]) -> dict[str, float]:
+    """Mean seconds per photo of each stage, run one after another in this process, at ``scales``."""
     torch.set_num_threads(threads)
     detector = Detector.from_checkpoint(checkpoint, precision=precision, proposals=ss_node, score_thresh=0.5)
     model, ss = detector.model, detector.ss
-    scales = tuple(scales or model.scales)
+    scales = tuple(scales)
     times = {s: [] for s in STAGES}
     for k, f in enumerate([files[0]] + list(files)):  # the first is a warm-up (numba's kernel, allocator)
         t = [time.perf_counter()]
@@ -167,13 +174,18 @@ def main() -> None:
     listing = args.out / "lists" / "photos.txt"
     write_atomic(listing, ("\n".join(map(str, files)) + "\n").encode())
 
+    # each stage table at the scales its rows run at
+    scales = {name: row_scales(detect_config(args.checkpoint, ckpt, listing, args.out / name, row, args.proposals,
+                                             args.scales), ckpt)
+              for name, row in (("before", "before"), ("after", "after_w2_t2"))}
     stage_rows = {"before": stage_table(args.checkpoint, files[: args.stage_photos],
-                                        OmegaConf.create(ckpt["proposals_cfg"]), ROWS["before"][3], 2, args.scales),
+                                        OmegaConf.create(ckpt["proposals_cfg"]), ROWS["before"][3], 2,
+                                        scales["before"]),
                   "after": stage_table(args.checkpoint, files[: args.stage_photos], cfg.proposals, "auto", 2,
-                                       args.scales)}
-    rows = [run_row(r, args.checkpoint, listing, args.out, args.proposals, len(files), args.scales)
+                                       scales["after"])}
+    rows = [run_row(r, args.checkpoint, ckpt, listing, args.out, args.proposals, len(files), args.scales)
             for r in args.rows]
-    lines = [f"{args.checkpoint}, test scales {rows[0]['scales'] if rows else args.scales}; {describe(info)}", "",
+    lines = [f"{args.checkpoint}, scales before {scales['before']}, after {scales['after']}; {describe(info)}", "",
              f"Stages, one after another in one process, mean s per photo over {min(len(files), args.stage_photos)} "
              f"photos (before: the checkpoint's proposals; after: {args.proposals}, precision auto):", "",
              "| | " + " | ".join(STAGES) + " | total | precision |", "|---" * (len(STAGES) + 3) + "|"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import time
 
@@ -25,6 +26,18 @@ from ..visualize import draw_detections
 log = logging.getLogger(__name__)
 
 
+def detection_settings(cfg: DictConfig, ckpt: dict) -> tuple[Any, DictConfig]:
+    """(proposals, test node) detect.py runs checkpoint ``ckpt`` with: the proposals asked
+    for, else the fast ones its recipe measured (``detect_proposals_cfg``), else None (its
+    training ones); ``cfg.test`` with the scales asked for, else the recipe's detection
+    scales (``detect_scales``), else null (its test scales, ``model.scales``)."""
+    proposals = cfg.get("proposals") or ckpt.get("detect_proposals_cfg")
+    test = cfg.test
+    if test.get("scales") is None and ckpt.get("detect_scales"):
+        test = OmegaConf.merge(test, {"scales": list(ckpt["detect_scales"])})
+    return proposals, test
+
+
 def detect_job(cfg: DictConfig) -> list[str]:
     """scripts/detect.py. Returns the list of failures ("path: reason").
 
@@ -35,11 +48,7 @@ def detect_job(cfg: DictConfig) -> list[str]:
     pictures = output_names([n for _, n in entries])
     check_output(cfg.input, cfg.output, [f for f, _ in entries], pictures)  # never write over a photo
     ckpt = load_checkpoint(cfg.checkpoint)
-    # the proposals asked for, else the fast ones the checkpoint's recipe measured, else its training ones
-    proposals = cfg.get("proposals") or ckpt.get("detect_proposals_cfg")
-    test = cfg.test  # likewise the scales: test.scales, else the recipe's detection scales, else model.scales
-    if test.get("scales") is None and ckpt.get("detect_scales"):
-        test = OmegaConf.merge(test, {"scales": list(ckpt["detect_scales"])})
+    proposals, test = detection_settings(cfg, ckpt)
     detector = Detector.from_test_config(cfg.checkpoint, test, cfg.device, proposals, cfg.get("rcnn"), loaded=ckpt)
     classes, store, ss = detector.classes, detector.store, detector.ss
     out = Path(cfg.output)
