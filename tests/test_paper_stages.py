@@ -1,10 +1,11 @@
 import json
 
 import torch
+from omegaconf import OmegaConf
 
 from spp_det.boxes import box_iou
 from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
-from spp_det.paper_stages.fit import feature_passes
+from spp_det.paper_stages.fit import feature_passes, fit_paper_stages
 from spp_det.jobs.train import train_job
 from spp_det.data import build_dataset
 from spp_det.proposals import build_proposals
@@ -67,16 +68,24 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     # measured here: mean IoU 0.72 -> 0.87-0.89 (seeds 0-5)
     assert float(torch.cat(after).mean()) > float(torch.cat(before).mean()) + 0.05
 
+    # ridge alone pools without fc7 (fc6 is most of a pass's cost): the same regressors
+    # as ridge riding on the SVMs' pass, from the same examples
+    fitted = []
+    for classifier in ("svm", "softmax"):
+        m = model_from_checkpoint(best)
+        tc = OmegaConf.merge(cfg.train, {"classifier": classifier})
+        stats = fit_paper_stages(m, train, store, None, tc, cfg.seed)
+        fitted.append((m.head.ridge.weight.clone(), m.head.ridge.bias.clone(), stats["ridge"]["examples"]))
+    assert fitted[0][2] == fitted[1][2] and sum(fitted[1][2]) > 20
+    assert torch.allclose(fitted[0][0], fitted[1][0], atol=1e-5) and torch.allclose(fitted[0][1], fitted[1][1], atol=1e-5)
+
 
 def test_stages_skip_and_count_an_image_training_skipped(tmp_path, shapes_root):
     """An unreadable training image used to crash the SVM/ridge pass after all of
     fine-tuning (best.pt then had no stages, and no test ran). It is left out and named."""
     import shutil
 
-    from omegaconf import OmegaConf
-
     from spp_det.models import SPPNet, build_trunk
-    from spp_det.paper_stages.fit import fit_paper_stages
     root = tmp_path / "shapes"
     shutil.copytree(shapes_root, root)
     cfg = make_cfg(tmp_path, root, "train.classifier=svm", "train.bbox_reg=ridge", "train.svm.C=10",
@@ -94,3 +103,4 @@ def test_stages_skip_and_count_an_image_training_skipped(tmp_path, shapes_root):
     per_class = [sum(int((t.labels[~t.ignore] == c).sum()) for t in good) for c in (1, 2, 3)]
     assert stats["svm"]["positives"] == per_class
     assert (model.head.classifier, model.head.box_head) == ("svm", "ridge")
+

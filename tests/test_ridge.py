@@ -3,7 +3,8 @@ import torch
 from sklearn.linear_model import Ridge
 
 from spp_det.boxes import BoxCoder
-from spp_det.paper_stages.ridge import RidgeSettings, fit_class_regressor, ridge_solve, train_ridge
+from spp_det.paper_stages.ridge import (Reservoir, RidgeSettings, examples_per_class, fit_class_regressor, ridge_solve,
+                                        train_ridge)
 from spp_det.paper_stages.window_features import WindowFeatures
 
 
@@ -36,9 +37,9 @@ def test_class_regressor_is_the_released_whitened_ridge():
     assert np.allclose(ours.numpy(), expected, atol=1e-4)
 
 
-def test_train_ridge_uses_each_class_windows_above_the_iou_bound():
-    # one image, gt of class 1 and class 2; windows shifted right by known amounts, their
-    # pooled features = the shift, so a linear regressor can recover the dx target exactly
+def one_image_two_classes():
+    """One image, gt of class 1 and class 2; windows shifted by known amounts, their
+    pooled features = the shift, so a linear regressor can recover the dx target exactly."""
     coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     gt = torch.tensor([[0.0, 0, 100, 100], [300, 300, 400, 400]])
     shifts = torch.tensor([0.0, 5, 10, 15, 20, 30, 60])  # IoU 1, .90, .82, .74, .67, .54, .25
@@ -48,11 +49,61 @@ def test_train_ridge_uses_each_class_windows_above_the_iou_bound():
     pooled = torch.cat([torch.zeros(2, 2), torch.stack([shifts, shifts * 0], 1), torch.stack([shifts * 0, shifts], 1)])
     pooled = pooled + torch.tensor([1.0, 1.0])  # no all-zero rows
     wf = WindowFeatures(0, boxes, torch.tensor([1, 2]), torch.zeros(len(boxes)), pooled, torch.zeros(len(boxes), 1))
+    targets = torch.cat([coder.encode(gt[:1].expand(7, 4), win1)[:5], coder.encode(gt[1:].expand(7, 4), win2)[:5]])
+    return coder, wf, targets
+
+
+def test_train_ridge_uses_each_class_windows_above_the_iou_bound():
+    coder, wf, targets = one_image_two_classes()
     weight, bias, scale, stats = train_ridge(iter([wf]), 2, coder, RidgeSettings(lam=1e-6, min_iou=0.6))
     # examples: IoU > 0.6 -> gt itself (counted once as a window) + shifts 0..20
-    assert stats["examples"] == [6, 6]
-    x = pooled * scale
-    deltas = x @ weight.T + bias
-    targets = torch.cat([coder.encode(gt[:1].expand(7, 4), win1)[:5], coder.encode(gt[1:].expand(7, 4), win2)[:5]])
+    assert stats["examples"] == [6, 6] and stats["used"] == [6, 6]
+    deltas = wf.pooled * scale @ weight.T + bias
+    got = torch.cat([deltas[2:7, 0:4], deltas[9:14, 4:8]])
+    assert torch.allclose(got, targets, atol=1e-3)
+
+
+def test_examples_per_class_is_the_memory_bound_divided_out():
+    # 4 GB of float32 rows of the dilated Lite0's pool5 (1280 x 50 = 64,000) over six
+    # classes: 4e9 / (4 * 6 * 64000) = 2604.2; ZF-5's 12,800 over VOC's 20: 3906.2
+    assert examples_per_class(4.0, 6, 64000) == 2604
+    assert examples_per_class(4.0, 20, 12800) == 3906
+
+
+def test_reservoir_below_its_cap_keeps_every_row_in_order():
+    r = Reservoir(10, torch.Generator().manual_seed(0))
+    x = torch.arange(14.0).reshape(7, 2)
+    r.add(x[:3], x[:3, :1] * 10)
+    r.add(x[3:], x[3:, :1] * 10)
+    kx, ky = r.rows()
+    assert torch.equal(kx, x) and torch.equal(ky, x[:, :1] * 10)
+
+
+def test_reservoir_keeps_every_row_with_probability_cap_over_n():
+    """Algorithm R's guarantee: each of n rows ends in the sample with probability cap / n,
+    whatever its place in the stream; rows keep their own targets."""
+    n, cap, runs = 20, 5, 2000
+    counts = torch.zeros(n)
+    x = torch.arange(float(n))[:, None]
+    for seed in range(runs):
+        r = Reservoir(cap, torch.Generator().manual_seed(seed))
+        for s in range(0, n, 3):  # in chunks of three, as images bring several examples
+            r.add(x[s:s + 3], x[s:s + 3] * 10)
+        kx, ky = r.rows()
+        assert len(kx) == cap and len(set(kx[:, 0].tolist())) == cap
+        assert torch.equal(ky, kx * 10)
+        counts[kx[:, 0].long()] += 1
+    # binomial(2000, 0.25): standard deviation 0.0097
+    assert torch.allclose(counts / runs, torch.full((n,), cap / n), atol=0.04)
+
+
+def test_ridge_fits_its_sample_when_examples_exceed_the_memory_bound():
+    coder, wf, targets = one_image_two_classes()
+    # 2-dim features, 2 classes: 48e-9 GB hold 48 bytes / (4 * 2 * 2) = 3 examples per class
+    weight, bias, scale, stats = train_ridge(iter([wf]), 2, coder, RidgeSettings(lam=1e-6, min_iou=0.6,
+                                                                                memory_gb=48e-9))
+    assert stats["examples"] == [6, 6] and stats["used"] == [3, 3]
+    # dx is linear in the features: three examples recover it on every window of the class
+    deltas = wf.pooled * scale @ weight.T + bias
     got = torch.cat([deltas[2:7, 0:4], deltas[9:14, 4:8]])
     assert torch.allclose(got, targets, atol=1e-3)

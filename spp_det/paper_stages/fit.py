@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
-                   cache: FeatureCache | None, seed: int, skipped: dict[str, str] | None = None):
+                   cache: FeatureCache | None, seed: int, skipped: dict[str, str] | None = None,
+                   with_fc7: bool = True):
     """passes(epoch) -> an iterator of the images' WindowFeatures: epoch 0 in data set
     order, later epochs shuffled (seeded), as R-CNN mines images in random order.
     Conv maps come from the cache (frozen trunk) or are computed (end to end). Images in
     ``skipped`` (path -> reason: what training left out) are left out, and images found
-    unreadable now are added to it."""
+    unreadable now are added to it. ``with_fc7``: see :func:`training_features`."""
     skipped = {} if skipped is None else skipped
     def proposals(i: int) -> torch.Tensor:
         boxes = store.get(dataset.targets[i].path)
@@ -45,7 +46,7 @@ def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStor
         if epoch > 0:
             random.Random(f"spp_det/svm/{seed}/{epoch}").shuffle(order)
         order = [i for i in order if str(dataset.targets[i].path) not in skipped]
-        return training_features(model, dataset, order, proposals, maps_of, skipped=skipped)
+        return training_features(model, dataset, order, proposals, maps_of, skipped=skipped, with_fc7=with_fc7)
     return passes
 
 
@@ -57,8 +58,9 @@ def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalSt
     images left out, training's ``skipped`` and any found unreadable now). With both,
     the ridge examples are gathered during the SVMs' first pass: one feature pass."""
     skipped = dict(skipped or {})
-    passes = feature_passes(model, dataset, store, cache, seed, skipped)
-    ridge = RidgeExamples(model.num_classes, model.box_coder, RidgeSettings(**tc.ridge)) \
+    svm = tc.get("classifier") == "svm"
+    passes = feature_passes(model, dataset, store, cache, seed, skipped, with_fc7=svm)
+    ridge = RidgeExamples(model.num_classes, model.box_coder, RidgeSettings(**tc.ridge), seed) \
         if tc.get("bbox_reg") == "ridge" else None
 
     def passes_feeding_ridge(epoch: int) -> Iterator[WindowFeatures]:
@@ -69,7 +71,7 @@ def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalSt
 
     stats = {}
     with torch.no_grad():
-        if tc.get("classifier") == "svm":
+        if svm:
             s = SVMSettings(**tc.svm)
             weight, bias, scale, stats["svm"] = train_svms(passes_feeding_ridge, model.num_classes,
                                                            model.head.fc7.out_features, s)

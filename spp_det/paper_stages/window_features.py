@@ -53,13 +53,15 @@ class WindowFeatures:
 def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[int],
                       proposals: Callable[[int], torch.Tensor],
                       maps_of: Callable[[int], list[FeatureMap]], chunk: int = 1024,
-                      skipped: dict[str, str] | None = None) -> Iterator[WindowFeatures]:
+                      skipped: dict[str, str] | None = None, with_fc7: bool = True) -> Iterator[WindowFeatures]:
     """Yield :class:`WindowFeatures` of the images ``indices`` in that order. proposals(i):
     (P, 4) windows of image i; maps_of(i): its feature maps at ``model.scales`` (cached
     conv maps for a frozen trunk). The model is used in eval mode (no dropout). An image
     whose maps cannot be had (unreadable) is left out and recorded in ``skipped``
     (path -> reason), as training leaves it out: the stages run after all of fine-tuning,
-    and one bad image must not lose them."""
+    and one bad image must not lose them. ``with_fc7=False`` leaves fc7 out ((N, 0)):
+    ridge alone needs pool5 only, and fc6 is most of the cost (64,000 x 1024 on the
+    dilated Lite0)."""
     was_training = model.training
     model.eval()
     try:
@@ -87,11 +89,15 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
                 p = model.pool(maps, boxes[s:s + chunk], scale_index[s:s + chunk]).float()
                 p = p.to(model.head.fc6.weight.device)
                 pooled.append(p.cpu())
-                fc7.append(model.head.features(p).float().cpu())
-            dim = model.head.fc6.in_features
+                if with_fc7:
+                    fc7.append(model.head.features(p).float().cpu())
+            if not with_fc7:
+                fc7_rows = torch.zeros((len(boxes), 0))
+            else:
+                fc7_rows = torch.cat(fc7) if fc7 else torch.zeros((0, model.head.fc7.out_features))
             yield WindowFeatures(i, boxes, t.labels[keep], ignore_iou,
-                                 torch.cat(pooled) if pooled else torch.zeros((0, dim)),
-                                 torch.cat(fc7) if fc7 else torch.zeros((0, model.head.fc7.out_features)),
+                                 torch.cat(pooled) if pooled else torch.zeros((0, model.head.fc6.in_features)),
+                                 fc7_rows,
                                  first_of_each(model.project(maps, boxes, scale_index)) if len(boxes) else None)
     finally:
         model.train(was_training)
