@@ -59,7 +59,7 @@ class Reservoir:
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """x (n, D), y (n, T): the next n rows of the stream."""
         room = max(0, self.cap - self.seen)
-        if room:
+        if room:  # cloned: a slice would keep the caller's whole tensor alive
             self.chunks.append((x[:room].clone(), y[:room].clone()))
             if self.seen + len(x) >= self.cap:
                 self.full = (torch.cat([c[0] for c in self.chunks]), torch.cat([c[1] for c in self.chunks]))
@@ -67,11 +67,12 @@ class Reservoir:
         for k in range(min(room, len(x)), len(x)):
             j = int(torch.randint(self.seen + k + 1, (1,), generator=self.gen))
             if j < self.cap:
-                self.full[0][j], self.full[1][j] = x[k], y[k]
+                kept_x, kept_y = self.full  # set once the first cap rows arrived
+                kept_x[j], kept_y[j] = x[k], y[k]
         self.seen += len(x)
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sample: (min(seen, cap), D), (min(seen, cap), T)."""
+        """The sample: (min(seen, cap), D), (min(seen, cap), T); at least one row added."""
         if self.full is not None:
             return self.full
         return torch.cat([c[0] for c in self.chunks]), torch.cat([c[1] for c in self.chunks])

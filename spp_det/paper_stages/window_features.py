@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class WindowFeatures:
     """One image. boxes: (N, 4) original pixels, its G ground-truth boxes first;
     gt_labels: (G,) 1..C; ignore_iou: (N,) best IoU with a left-out (crowd/difficult)
-    box, 0 when none; pooled: (N, D) pyramid vectors; fc7: (N, hidden); both float32;
+    box, 0 when none; pooled: (N, D) pyramid vectors; fc7: (N, hidden), or (N, 0) when not
+    computed (``training_features(with_fc7=False)``); both float32;
     unique: (N,) bool, the first window of each set with the same cells on the same map
     (the released code's ``dedup``: those share one feature; None: all distinct)."""
 
@@ -87,10 +88,9 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
             for s in range(0, len(boxes), chunk):
                 # cached maps stay on the CPU; the heads may be on a GPU
                 p = model.pool(maps, boxes[s:s + chunk], scale_index[s:s + chunk]).float()
-                p = p.to(model.head.fc6.weight.device)
                 pooled.append(p.cpu())
                 if with_fc7:
-                    fc7.append(model.head.features(p).float().cpu())
+                    fc7.append(model.head.features(p.to(model.head.fc6.weight.device)).float().cpu())
             if not with_fc7:
                 fc7_rows = torch.zeros((len(boxes), 0))
             else:
