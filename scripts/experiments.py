@@ -47,10 +47,12 @@ PRESETS = {
                           "solver=frozen_short", "model.scales=[576]", "model.train_scales=[480,576,688,864,1200]",
                           "model.hidden=1024"],
                 "one": [576], "five": [480, 576, 688, 864, 1200]},
-    # the real photos (issue 16): the voc2012_1800_lite0 recipe (dilated Lite0, 2000 AdamW
-    # iterations), fine-tuned at five scales around its 480. Not yet run: its conv maps at
-    # five scales hold ~36 GB and take ~50 min per trunk pass on a 2-core CPU, and each of
-    # the four models trains ~35 min (fc6 is 64,000 x 1024): about 4 hours in all
+    # the real photos (issue 16): the voc2012_1800_lite0 recipe (dilated Lite0, 4000 AdamW
+    # iterations, flips), fine-tuned at five scales around its 480. Not yet run: its conv
+    # maps at five scales hold ~36 GB and take ~50 min per trunk pass on a 2-core CPU, and
+    # each of the four models trains ~45 min (fc6 is 64,000 x 1024): about 4 hours in all.
+    # Its ridge keeps 2,604 examples per class (train.ridge.memory_gb: all 54,566 would
+    # take 14 GB)
     "voc2012-1800": {"train": ["+experiment=voc2012_1800_lite0", "model.scales=[480]",
                                "model.train_scales=[320,400,480,576,688]"],
                      "one": [480], "five": [320, 400, 480, 576, 688]},
