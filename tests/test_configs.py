@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = {
     "shapes": ("shapes", "efficientnet_lite0", [6, 3, 2, 1], "random", [320, 400, 480], True, "adamw", 2000, "cpu"),
     "voc2012_1800_lite0": ("voc2012_1800", "efficientnet_lite0_dilated", [6, 3, 2, 1], "random", [480], True,
-                           "adamw", 4000, "cpu"),
+                           "adamw", 8000, "cpu"),
     "voc2012_1800_lite0_block16": ("voc2012_1800", "efficientnet_lite0", [6, 3, 2, 1], "random", [480], True,
                                    "adamw", 20000, "cpu"),
     "voc07_alexnet": ("voc07", "alexnet", [6, 3, 2, 1], "imagenet", [480, 576, 688, 864, 1200], True, "sgd",
