@@ -2,7 +2,7 @@
 
     python scripts/experiments.py --preset shapes     # the synthetic set (~25 min on 2 cores)
     python scripts/experiments.py --preset coco128    # ../shared/data/coco128, person, Lite0
-    python scripts/experiments.py --preset voc2012-1800   # the real VOC photos (~4 h on 2 cores)
+    python scripts/experiments.py --preset voc2012-1800   # the real VOC photos (~7 h on 2 cores)
 
 Trains the models the comparisons need with scripts/train.py's own job (Hydra's compose
 API builds each configuration from ``configs/``): the preset's recipe with SVMs and ridge
@@ -47,10 +47,10 @@ PRESETS = {
                           "solver=frozen_short", "model.scales=[576]", "model.train_scales=[480,576,688,864,1200]",
                           "model.hidden=1024"],
                 "one": [576], "five": [480, 576, 688, 864, 1200]},
-    # the real photos (issue 16): the voc2012_1800_lite0 recipe (dilated Lite0, 4000 AdamW
+    # the real photos (issue 16): the voc2012_1800_lite0 recipe (dilated Lite0, 8000 AdamW
     # iterations, flips), fine-tuned at five scales around its 480. Not yet run: its conv
     # maps at five scales hold ~36 GB and take ~50 min per trunk pass on a 2-core CPU, and
-    # each of the four models trains ~45 min (fc6 is 64,000 x 1024): about 4 hours in all.
+    # each of the four models trains ~95 min (fc6 is 64,000 x 1024): about 7 hours in all.
     # Its ridge keeps 2,604 examples per class (train.ridge.memory_gb: all 54,566 would
     # take 14 GB)
     "voc2012-1800": {"train": ["+experiment=voc2012_1800_lite0", "model.scales=[480]",
