@@ -90,6 +90,10 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                           RECIPE + ["solver.max_iter=8000", "solver.steps=[6400]"]),
     "dilated_recipe_fc2048": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                               "fc6/fc7 2048 wide", RECIPE + ["model.hidden=2048"]),
+    "dilated_recipe_train3scales": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
+                                    "each training window pooled at one of 400/480/576 drawn at random; tested at the three "
+                                    "(each window at its best)",
+                                    RECIPE + ["model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
     "lite2_dilated_flip_4k_hardbg50_iou3": ("dilated Lite2 (ImageNet top-1 77.6 vs Lite0's 75.1), dropout 0, flips, "
                                             "4k its, half the background from IoU [0.3, 0.5)",
                                             ["model=efficientnet_lite2_dilated", "model.dropout=0", "train.flip=true",

@@ -89,7 +89,7 @@ def refit_stages(best: Path, overrides: list[str], scales: list[int], out: Path,
     train_set, _ = split_train_val(full, cfg.train.val_fraction, cfg.seed)
     store, _ = build_proposals(cfg.proposals)
     cache = None if cfg.train.finetune_conv else FeatureCache(cfg.train.feature_cache, model)
-    stats = fit_paper_stages(model, train_set, store, cache, cfg.train, cfg.seed)
+    stats = fit_paper_stages(model, train_set, store, cache, cfg.train, cfg.seed, progress=True)
     ckpt["model"] = model.state_dict()
     ckpt["model_cfg"]["scales"] = list(scales)
     ckpt["stages"] = {"name": f"SVMs + ridge box regression at {scales}", "scales": list(scales), **stats}

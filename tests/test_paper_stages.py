@@ -30,7 +30,8 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     for d in json.loads((tmp_path / "run" / "detections.json").read_text()):
         per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
     assert sorted(per_image.values()) == [2, 2]
-    assert "SVMs + ridge box regression fitted on the training images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "SVMs + ridge box regression fitted on the training images" in captured.out
     model = model_from_checkpoint(best)
     assert (model.head.classifier, model.head.box_head) == ("svm", "ridge")
 
@@ -38,6 +39,10 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     # the negatives (IoU < 0.3) for their class, and ridge moves foreground windows closer
     # to their boxes than they were
     train = build_dataset(cfg.dataset, "train")
+    # the feature passes show their progress (half an hour each on VOC's photos on a CPU):
+    # the first over every training image
+    bar = [line for line in captured.err.replace("\r", "\n").splitlines() if "SVM/ridge features, pass 1" in line]
+    assert bar and f" {len(train)}/{len(train)} " in bar[-1]
     store, _ = build_proposals(cfg.proposals)
     pos, neg, before, after = [], [], [], []
     for wf in feature_passes(model, train, store, None, 0)(0):

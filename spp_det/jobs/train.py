@@ -117,7 +117,7 @@ def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
     best = load_checkpoint(best_path)
     load_weights(trainer.model, best["model"])
     stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed,
-                             skipped=trainer.skipped)
+                             skipped=trainer.skipped, progress=True)
     name = " + ".join(n for n, on in (("SVMs", cfg.train.get("classifier") == "svm"),
                                       ("ridge box regression", cfg.train.get("bbox_reg") == "ridge")) if on)
     best["model"] = trainer.model.state_dict()

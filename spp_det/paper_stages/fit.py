@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 
 def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
                    cache: FeatureCache | None, seed: int, skipped: dict[str, str] | None = None,
-                   with_fc7: bool = True):
+                   with_fc7: bool = True, progress: bool = False):
     """passes(epoch) -> an iterator of the images' WindowFeatures: epoch 0 in data set
     order, later epochs shuffled (seeded), as R-CNN mines images in random order.
     Conv maps come from the cache (frozen trunk) or are computed (end to end). Images in
     ``skipped`` (path -> reason: what training left out) are left out, and images found
-    unreadable now are added to it. ``with_fc7``: see :func:`training_features`."""
+    unreadable now are added to it. ``with_fc7``: see :func:`training_features`;
+    ``progress``: a progress bar per pass."""
     skipped = {} if skipped is None else skipped
     def proposals(i: int) -> torch.Tensor:
         boxes = store.get(dataset.targets[i].path)
@@ -46,20 +47,22 @@ def feature_passes(model: SPPNet, dataset: DetectionDataset, store: ProposalStor
         if epoch > 0:
             random.Random(f"spp_det/svm/{seed}/{epoch}").shuffle(order)
         order = [i for i in order if str(dataset.targets[i].path) not in skipped]
-        return training_features(model, dataset, order, proposals, maps_of, skipped=skipped, with_fc7=with_fc7)
+        return training_features(model, dataset, order, proposals, maps_of, skipped=skipped, with_fc7=with_fc7,
+                                 desc=f"SVM/ridge features, pass {epoch + 1}" if progress else None)
     return passes
 
 
 def fit_paper_stages(model: SPPNet, dataset: DetectionDataset, store: ProposalStore,
                      cache: FeatureCache | None, tc: DictConfig, seed: int,
-                     skipped: dict[str, str] | None = None) -> dict:
+                     skipped: dict[str, str] | None = None, progress: bool = False) -> dict:
     """Fit what ``tc.classifier`` / ``tc.bbox_reg`` ask for into ``model.head`` and make
     it the inference choice. Returns the stages' statistics (``skipped_images``: the
     images left out, training's ``skipped`` and any found unreadable now). With both,
-    the ridge examples are gathered during the SVMs' first pass: one feature pass."""
+    the ridge examples are gathered during the SVMs' first pass: one feature pass.
+    ``progress``: a progress bar per feature pass."""
     skipped = dict(skipped or {})
     svm = tc.get("classifier") == "svm"
-    passes = feature_passes(model, dataset, store, cache, seed, skipped, with_fc7=svm)
+    passes = feature_passes(model, dataset, store, cache, seed, skipped, with_fc7=svm, progress=progress)
     ridge = RidgeExamples(model.num_classes, model.box_coder, RidgeSettings(**tc.ridge), seed) \
         if tc.get("bbox_reg") == "ridge" else None
 

@@ -6,10 +6,12 @@ scale (``SPPNet.select_scales``), the ground-truth boxes first, then the image's
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+from tqdm import tqdm
 
 from ..boxes import box_iou
 from ..data import DetectionDataset
@@ -54,7 +56,8 @@ class WindowFeatures:
 def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[int],
                       proposals: Callable[[int], torch.Tensor],
                       maps_of: Callable[[int], list[FeatureMap]], chunk: int = 1024,
-                      skipped: dict[str, str] | None = None, with_fc7: bool = True) -> Iterator[WindowFeatures]:
+                      skipped: dict[str, str] | None = None, with_fc7: bool = True,
+                      desc: str | None = None) -> Iterator[WindowFeatures]:
     """Yield :class:`WindowFeatures` of the images ``indices`` in that order. proposals(i):
     (P, 4) windows of image i; maps_of(i): its feature maps at ``model.scales`` (cached
     conv maps for a frozen trunk). The model is used in eval mode (no dropout). An image
@@ -62,11 +65,12 @@ def training_features(model: SPPNet, dataset: DetectionDataset, indices: list[in
     (path -> reason), as training leaves it out: the stages run after all of fine-tuning,
     and one bad image must not lose them. ``with_fc7=False`` leaves fc7 out ((N, 0)):
     ridge alone needs pool5 only, and fc6 is most of the cost (64,000 x 1024 on the
-    dilated Lite0)."""
+    dilated Lite0). ``desc``: a progress bar with that label (a pass over VOC's training
+    photos takes half an hour on a CPU); None: none."""
     was_training = model.training
     model.eval()
     try:
-        for i in indices:
+        for i in tqdm(indices, desc=desc, unit="img", disable=desc is None, file=sys.stderr):
             t = dataset.targets[i]
             keep = ~t.ignore
             gt = t.boxes[keep].float()
