@@ -7,7 +7,8 @@ the 360 val photos, and one line of the table.
     python benchmarks/levers.py --rows b16_drop0 dilated_drop0   # some rows
 
 Runs live in ``--out/<row>`` (default ``outputs/voc1800``); a row whose run already holds
-a ``metrics.json`` from the same configuration is reused (the configuration saved with
+a ``metrics.json`` from the same configuration is reused, one stopped before its end resumes
+at its last checkpoint (the configuration saved with
 the run is compared with the row's; a different one is an error, never a silent mix).
 Writes the rows asked for into ``levers.md`` and ``levers.json`` in ``--out``, with the CPU.
 """
@@ -123,21 +124,35 @@ def saved_config(run: Path):
     return None
 
 
+def known_keys(now: dict, before: dict) -> dict:
+    """``now`` without the keys ``before`` lacks, at any depth: an option added after a run
+    was made (e.g. ``train.ridge.memory_gb``) defaults to the behaviour before it, so the
+    run still is its row."""
+    return {k: known_keys(v, before[k]) if isinstance(v, dict) and isinstance(before[k], dict) else v
+            for k, v in now.items() if k in before}
+
+
 def run_row(name: str, overrides: list[str], out: Path) -> dict:
+    """The row's metrics: read from its run when it has them, else trained (resuming at the
+    run's last checkpoint when an earlier run of the same row was stopped) and tested."""
     run = out / name
     cfg = row_config(overrides)
+    # a dilated row trains for an hour or more on 2 cores: a stopped one picks up at its
+    # last checkpoint (train.checkpoint_every) instead of starting over
+    cfg.resume = "auto"
     metrics = run / "metrics.json"
+    before = saved_config(run)
+    if metrics.is_file() and before is None:
+        raise SppDetError(f"{run}: metrics.json without the configuration it was made with")
+    # the recipe's name and the test node (older runs predate both; no row changes the test
+    # settings, which metrics.json records anyway) and whether it resumed are not the
+    # model's configuration
+    strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items()  # noqa: E731
+                       if k not in ("recipe", "test", "resume")}
+    if before is not None and strip(before) != known_keys(strip(cfg), strip(before)):
+        raise SppDetError(f"{run}: made with another configuration than row '{name}' ({row_overrides(overrides)}); "
+                          f"remove it or choose another --out")
     if metrics.is_file():
-        before = saved_config(run)
-        if before is None:
-            raise SppDetError(f"{run}: metrics.json without the configuration it was made with")
-        # the recipe's name and the test node (older runs predate both; no row changes the
-        # test settings, which metrics.json records anyway) are not the model's configuration
-        strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items()  # noqa: E731
-                           if k not in ("recipe", "test")}
-        if strip(before) != strip(cfg):
-            raise SppDetError(f"{run}: made with another configuration than row '{name}' ({row_overrides(overrides)}); "
-                              f"remove it or choose another --out")
         return json.loads(metrics.read_text())
     run.mkdir(parents=True, exist_ok=True)
     write_atomic(run / "levers_overrides.json", json.dumps(row_overrides(overrides)).encode())

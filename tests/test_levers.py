@@ -1,0 +1,57 @@
+"""benchmarks/levers.py: which earlier run stands for a row (the runs take an hour each on
+2 cores, so reusing the wrong one, or refusing the right one, costs a table row)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from spp_det.errors import SppDetError
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("levers", ROOT / "benchmarks" / "levers.py")
+levers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(levers)
+
+
+def finished_run(out: Path, name: str, cfg) -> dict:
+    run = out / name
+    run.mkdir(parents=True)
+    (run / "levers_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    metrics = {"mAP": 0.611, "AP": {"dog": 0.7}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def test_a_run_made_before_an_option_existed_is_its_row(tmp_path):
+    name = "dilated_recipe_8k"
+    overrides = levers.LEVERS[name][1]
+    cfg = OmegaConf.to_container(levers.row_config(overrides))
+    # made before train.ridge.memory_gb existed, by a run that did not resume
+    del cfg["train"]["ridge"]["memory_gb"]
+    cfg["resume"] = False
+    metrics = finished_run(tmp_path, name, cfg)
+    assert levers.run_row(name, overrides, tmp_path) == metrics
+
+
+def test_a_run_made_with_another_setting_is_refused(tmp_path):
+    name = "dilated_recipe_8k"
+    overrides = levers.LEVERS[name][1]
+    cfg = levers.row_config(overrides)
+    cfg.solver.max_iter = 4000  # the 4k row's run left in the 8k row's directory
+    finished_run(tmp_path, name, cfg)
+    with pytest.raises(SppDetError, match="another configuration than row 'dilated_recipe_8k'"):
+        levers.run_row(name, overrides, tmp_path)
+    # a stopped run (no metrics.json yet) of another setting is refused too: resuming its
+    # checkpoint would mix two trainings
+    (tmp_path / name / "metrics.json").unlink()
+    with pytest.raises(SppDetError, match="another configuration"):
+        levers.run_row(name, overrides, tmp_path)
+
+
+def test_known_keys_drops_only_what_the_old_run_lacks():
+    now = {"train": {"ridge": {"lam": 4000, "memory_gb": 4}, "flip": True}, "seed": 0}
+    before = {"train": {"ridge": {"lam": 4000}, "flip": True}, "seed": 0}
+    assert levers.known_keys(now, before) == before
+    assert levers.known_keys({"seed": 1, "x": 2}, {"seed": 0}) == {"seed": 1}
