@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from spp_det.training.loss import detection_loss
 from spp_det.training.sampling import WindowSampler, label_windows
 from spp_det.training.trainer import Trainer
+from spp_det.models.checkpoint import load_checkpoint, save_checkpoint
 from spp_det.errors import SppDetError
 from spp_det.proposals import compute_missing
 
@@ -176,11 +177,22 @@ def test_resume_gives_identical_weights_and_features_are_reused(tmp_path, shapes
     full = Trainer(make_cfg(tmp_path / "a", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6"), tmp_path / "a")
     full.fit()
     assert full.features.computed > 0
+    t0 = time.perf_counter()
     first = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=3"), tmp_path / "b")
     first.fit()
+    first_s = time.perf_counter() - t0
+    # the checkpoint carries the run's wall time so far; a resumed run adds its own to it
+    # (as if the first process had trained for 1000 s), so train.py reports the whole
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert 0 < ckpt["seconds"] <= first_s
+    save_checkpoint(last, {**ckpt, "seconds": 1000.0})
+    t0 = time.perf_counter()
     resumed = Trainer(make_cfg(tmp_path / "b", shapes_root, "train=paper", "train.allow_random_frozen_trunk=true", "solver.max_iter=6", "resume=true"),
                       tmp_path / "b")
     resumed.fit()
+    assert resumed.progress.seconds == 1000.0
+    assert 1000.0 < load_checkpoint(last)["seconds"] <= 1000.0 + time.perf_counter() - t0
     assert resumed.iteration == 6
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -372,7 +384,7 @@ def test_frozen_random_trunk_is_refused(tmp_path, shapes_root):
 
 def test_end_of_training_reports_best_pt(tmp_path, shapes_root, capsys):
     """The README says: use best.pt. The test score printed and written is that file's."""
-    from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from spp_det.models.checkpoint import model_from_checkpoint
     from spp_det.evaluation.evaluate import evaluate
     from spp_det.inference.predict import detect_dataset
     from spp_det.jobs.train import train_job

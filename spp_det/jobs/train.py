@@ -41,9 +41,10 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
                               f"the end cannot score it: test_at_end=false, then eval.py writes its results")
         test_set.check_disjoint(set(trainer.train_images), "the test split")
     trainer.fit()
-    train_s = time.perf_counter() - t0
+    # a resumed run counts what its earlier processes spent up to the checkpoint
+    train_s = time.perf_counter() - t0 + trainer.progress.seconds
     if trainer.rank == 0:
-        log.info("training took %.1f s", train_s)
+        log.info("training took %.1f s (%.1f s of them before the resume)", train_s, trainer.progress.seconds)
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
         plot_training(trainer.history, out_dir / "training.png")
     best_path = out_dir / "checkpoints" / "best.pt"

@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Progress:
     """Where a run stands. ``draws`` counts sampled mini-batches (empty ones included):
-    batches come from ``draw_rng(seed, rank, draw)``, so a resume needs only this count."""
+    batches come from ``draw_rng(seed, rank, draw)``, so a resume needs only this count.
+    ``seconds``: wall time the run's earlier processes spent up to the checkpoint this one
+    resumed from (0 for a fresh run), so a resumed run reports its whole training time."""
     iteration: int = 0
     draws: int = 0
+    seconds: float = 0.0
     best: float = -float("inf")
     history: list[dict] = field(default_factory=list)
 
@@ -135,6 +138,7 @@ class Checkpointer:
         self.dir, self.model, self.optimizer, self.scheduler = ckpt_dir, model, optimizer, scheduler
         self.cfg, self.classes, self.train_images, self.progress = cfg, classes, train_images, progress
         self.rank, self.world, self.device = rank, world, device
+        self.t0 = time.perf_counter()
 
     def payload(self, rng_states: list | None = None) -> dict:
         """What a checkpoint holds. ``rng_states``: every rank's random state for a
@@ -152,7 +156,8 @@ class Checkpointer:
                "normalization": {"mean": self.model.trunk.mean.flatten().tolist(),
                                  "std": self.model.trunk.std.flatten().tolist()},
                "train_images": self.train_images, "rcnn": bool(cfg.train.get("rcnn")),
-               "iteration": p.iteration, "draws": p.draws, "best": p.best, "history": p.history}
+               "iteration": p.iteration, "draws": p.draws, "best": p.best, "history": p.history,
+               "seconds": p.seconds + time.perf_counter() - self.t0}
         if rng_states is not None:
             out.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": rng_states})
@@ -192,7 +197,8 @@ class Checkpointer:
             torch.cuda.set_rng_state(states[self.rank]["cuda"], self.device)
         p = self.progress
         p.iteration, p.draws, p.best, p.history[:] = ckpt["iteration"], ckpt["draws"], ckpt["best"], ckpt["history"]
-        log.info("resumed from %s at iteration %d", path, p.iteration)
+        p.seconds = float(ckpt.get("seconds", 0.0))  # checkpoints before 2026-12 did not count
+        log.info("resumed from %s at iteration %d (%.0f s of training before it)", path, p.iteration, p.seconds)
 
     def offer_best(self, score: float) -> None:
         """best.pt when ``score`` (validation mAP, or minus the loss) beats the best so far."""
