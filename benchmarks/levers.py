@@ -124,12 +124,22 @@ def saved_config(run: Path):
     return None
 
 
-def known_keys(now: dict, before: dict) -> dict:
-    """``now`` without the keys ``before`` lacks, at any depth: an option added after a run
-    was made (e.g. ``train.ridge.memory_gb``) defaults to the behaviour before it, so the
-    run still is its row."""
-    return {k: known_keys(v, before[k]) if isinstance(v, dict) and isinstance(before[k], dict) else v
-            for k, v in now.items() if k in before}
+def known_keys(now: dict, before: dict, default: dict | None) -> dict:
+    """``now`` without the keys ``before`` lacks where ``now`` holds their ``default``, at
+    any depth: an option added after a run was made (e.g. ``train.ridge.memory_gb``) keeps
+    the behaviour before it at its default, so the run still is its row; a row that sets it
+    to anything else is another configuration."""
+    out = {}
+    for k, v in now.items():
+        d = default.get(k) if isinstance(default, dict) else None
+        if k not in before:
+            if not (isinstance(default, dict) and k in default and d == v):
+                out[k] = v
+        elif isinstance(v, dict) and isinstance(before[k], dict):
+            out[k] = known_keys(v, before[k], d)
+        else:
+            out[k] = v
+    return out
 
 
 def run_row(name: str, overrides: list[str], out: Path) -> dict:
@@ -149,7 +159,10 @@ def run_row(name: str, overrides: list[str], out: Path) -> dict:
     # model's configuration
     strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items()  # noqa: E731
                        if k not in ("recipe", "test", "resume")}
-    if before is not None and strip(before) != known_keys(strip(cfg), strip(before)):
+    if before is None and (run / "checkpoints" / "last.pt").is_file():
+        raise SppDetError(f"{run}: a checkpoint without the configuration it was made with: it cannot be resumed as "
+                          f"row '{name}'; remove it or choose another --out")
+    if before is not None and strip(before) != known_keys(strip(cfg), strip(before), strip(row_config([]))):
         raise SppDetError(f"{run}: made with another configuration than row '{name}' ({row_overrides(overrides)}); "
                           f"remove it or choose another --out")
     if metrics.is_file():
@@ -179,7 +192,8 @@ def main() -> None:
              "|---" * (len(classes) + 5) + "|"]
     for r in rows:
         aps = " | ".join(f"{r['AP'][c]:.3f}" for c in classes)
-        lines.append(f"| {r['row']} | {r['setting']} | {aps} | {r['mAP']:.3f} | {r['train_s']:.0f} | "
+        train_s = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"  # None: resumed from an old checkpoint
+        lines.append(f"| {r['row']} | {r['setting']} | {aps} | {r['mAP']:.3f} | {train_s} | "
                      f"{r['test_s_per_image']:.2f} |")
     write_report(args.out, "levers", lines, {"rows": rows})
 

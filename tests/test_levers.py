@@ -50,8 +50,29 @@ def test_a_run_made_with_another_setting_is_refused(tmp_path):
         levers.run_row(name, overrides, tmp_path)
 
 
-def test_known_keys_drops_only_what_the_old_run_lacks():
+def test_a_row_setting_an_option_the_run_predates_is_refused(tmp_path):
+    name = "dilated_recipe_8k"
+    overrides = levers.LEVERS[name][1]
+    cfg = OmegaConf.to_container(levers.row_config(overrides))
+    del cfg["train"]["ridge"]["memory_gb"]  # the run predates the option (its behaviour: no bound)
+    finished_run(tmp_path, name, cfg)
+    with pytest.raises(SppDetError, match="another configuration"):
+        levers.run_row(name, overrides + ["train.ridge.memory_gb=8"], tmp_path)
+
+
+def test_a_checkpoint_without_its_configuration_is_not_resumed(tmp_path):
+    (tmp_path / "dilated_recipe_8k" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "dilated_recipe_8k" / "checkpoints" / "last.pt").write_bytes(b"copied in")
+    with pytest.raises(SppDetError, match="checkpoint without the configuration"):
+        levers.run_row("dilated_recipe_8k", levers.LEVERS["dilated_recipe_8k"][1], tmp_path)
+
+
+def test_known_keys_drops_only_what_the_old_run_lacks_at_its_default():
+    default = {"train": {"ridge": {"lam": 4000, "memory_gb": 4}, "flip": False}, "seed": 0, "x": 2}
     now = {"train": {"ridge": {"lam": 4000, "memory_gb": 4}, "flip": True}, "seed": 0}
     before = {"train": {"ridge": {"lam": 4000}, "flip": True}, "seed": 0}
-    assert levers.known_keys(now, before) == before
-    assert levers.known_keys({"seed": 1, "x": 2}, {"seed": 0}) == {"seed": 1}
+    assert levers.known_keys(now, before, default) == before
+    assert levers.known_keys({"seed": 1, "x": 2}, {"seed": 0}, default) == {"seed": 1}
+    # not at its default, or an option without one: kept, so the configurations differ
+    assert levers.known_keys({"seed": 1, "x": 3}, {"seed": 0}, default) == {"seed": 1, "x": 3}
+    assert levers.known_keys({"seed": 1, "y": 0}, {"seed": 0}, default) == {"seed": 1, "y": 0}

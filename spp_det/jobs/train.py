@@ -41,10 +41,13 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
                               f"the end cannot score it: test_at_end=false, then eval.py writes its results")
         test_set.check_disjoint(set(trainer.train_images), "the test split")
     trainer.fit()
-    # a resumed run counts what its earlier processes spent up to the checkpoint
-    train_s = time.perf_counter() - t0 + trainer.progress.seconds
+    # a resumed run counts what its earlier processes spent up to the checkpoint (None:
+    # a checkpoint that did not say)
+    before = trainer.progress.seconds
+    train_s = time.perf_counter() - t0 + (before or 0.0)
     if trainer.rank == 0:
-        log.info("training took %.1f s (%.1f s of them before the resume)", train_s, trainer.progress.seconds)
+        log.info("training took %.1f s%s", train_s, f" ({before:.1f} s of them before the resume)" if before else
+                 " (this process; the run's earlier time unknown)" if before is None else "")
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
         plot_training(trainer.history, out_dir / "training.png")
     best_path = out_dir / "checkpoints" / "best.pt"
@@ -79,11 +82,13 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
                                                            test.max_per_image, test.get("max_windows"),
                                                            test.get("svd_rank")),
                                       "proposals": store.settings,
-                                      "train_seconds": train_s,
-                                      "total_seconds": time.perf_counter() - t0, "failed_images": failures,
+                                      "train_seconds": None if before is None else train_s,
+                                      "total_seconds": (None if before is None else
+                                                        time.perf_counter() - t0 + before),
+                                      "failed_images": failures,
                                       **timing})
     print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f} ({weights})  "
-          f"(total {metrics['total_seconds']:.0f} s)")
+          f"(total {time.perf_counter() - t0 + (before or 0.0):.0f} s)")
     report_failures(failures)
     return metrics
 

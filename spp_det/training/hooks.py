@@ -38,11 +38,12 @@ log = logging.getLogger(__name__)
 class Progress:
     """Where a run stands. ``draws`` counts sampled mini-batches (empty ones included):
     batches come from ``draw_rng(seed, rank, draw)``, so a resume needs only this count.
-    ``seconds``: wall time the run's earlier processes spent up to the checkpoint this one
-    resumed from (0 for a fresh run), so a resumed run reports its whole training time."""
+    ``seconds``: wall time the run's earlier processes spent from their trainer's set-up
+    to the checkpoint this one resumed from (0 for a fresh run; None when that checkpoint
+    predates the count), so a resumed run reports its whole training time."""
     iteration: int = 0
     draws: int = 0
-    seconds: float = 0.0
+    seconds: float | None = 0.0
     best: float = -float("inf")
     history: list[dict] = field(default_factory=list)
 
@@ -157,7 +158,7 @@ class Checkpointer:
                                  "std": self.model.trunk.std.flatten().tolist()},
                "train_images": self.train_images, "rcnn": bool(cfg.train.get("rcnn")),
                "iteration": p.iteration, "draws": p.draws, "best": p.best, "history": p.history,
-               "seconds": p.seconds + time.perf_counter() - self.t0}
+               "seconds": None if p.seconds is None else p.seconds + time.perf_counter() - self.t0}
         if rng_states is not None:
             out.update({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": rng_states})
@@ -197,8 +198,11 @@ class Checkpointer:
             torch.cuda.set_rng_state(states[self.rank]["cuda"], self.device)
         p = self.progress
         p.iteration, p.draws, p.best, p.history[:] = ckpt["iteration"], ckpt["draws"], ckpt["best"], ckpt["history"]
-        p.seconds = float(ckpt.get("seconds", 0.0))  # checkpoints before 2026-12 did not count
-        log.info("resumed from %s at iteration %d (%.0f s of training before it)", path, p.iteration, p.seconds)
+        p.seconds = ckpt.get("seconds")  # None: written before checkpoints counted it
+        if p.seconds is None:
+            log.warning("%s does not say how long its run trained: this run's training time will be unknown", path)
+        log.info("resumed from %s at iteration %d (%s s of training before it)", path, p.iteration,
+                 "?" if p.seconds is None else f"{p.seconds:.0f}")
 
     def offer_best(self, score: float) -> None:
         """best.pt when ``score`` (validation mAP, or minus the loss) beats the best so far."""
