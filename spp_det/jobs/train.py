@@ -42,12 +42,20 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
         test_set.check_disjoint(set(trainer.train_images), "the test split")
     trainer.fit()
     # a resumed run counts what its earlier processes spent up to the checkpoint (None:
-    # a checkpoint that did not say)
+    # a checkpoint that did not say; metrics.json then records the times as unknown)
     before = trainer.progress.seconds
-    train_s = time.perf_counter() - t0 + (before or 0.0)
+
+    def run_seconds() -> float:
+        return time.perf_counter() - t0 + (before or 0.0)
+
+    train_s = run_seconds()
     if trainer.rank == 0:
-        log.info("training took %.1f s%s", train_s, f" ({before:.1f} s of them before the resume)" if before else
-                 " (this process; the run's earlier time unknown)" if before is None else "")
+        if before is None:
+            log.info("training took %.1f s in this process; the run's earlier time is unknown", train_s)
+        elif before:
+            log.info("training took %.1f s (%.1f s of them before a resume)", train_s, before)
+        else:
+            log.info("training took %.1f s", train_s)
         print(f"trained {cfg.solver.max_iter} iterations in {train_s:.0f} s -> {out_dir / 'checkpoints'}")
         plot_training(trainer.history, out_dir / "training.png")
     best_path = out_dir / "checkpoints" / "best.pt"
@@ -83,12 +91,11 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
                                                            test.get("svd_rank")),
                                       "proposals": store.settings,
                                       "train_seconds": None if before is None else train_s,
-                                      "total_seconds": (None if before is None else
-                                                        time.perf_counter() - t0 + before),
+                                      "total_seconds": None if before is None else run_seconds(),
                                       "failed_images": failures,
                                       **timing})
     print(f"test {metrics['metric']} mAP = {metrics['mAP']:.4f} ({weights})  "
-          f"(total {time.perf_counter() - t0 + (before or 0.0):.0f} s)")
+          f"(total {run_seconds():.0f} s)")
     report_failures(failures)
     return metrics
 
