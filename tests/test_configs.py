@@ -81,7 +81,7 @@ def test_a_real_data_set_without_a_recipe_is_told_so():
     assert "test scales [576]" in describe_recipe(_compose("train", "test.scales=[576]"))[0]
 
 
-TEST_KEYS = ["scales", "score_thresh", "nms_thresh", "max_per_image", "max_windows", "flip", "precision",
+TEST_KEYS = ["scales", "score_thresh", "nms_thresh", "max_per_image", "max_windows", "flip", "box_vote", "precision",
              "svd_rank", "classifier", "bbox_reg"]
 
 

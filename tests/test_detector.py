@@ -119,6 +119,57 @@ def test_zero_deltas_give_windows_and_postprocess():
     assert det["labels"].tolist() == [1, 3] and det["scores"].tolist() == pytest.approx([0.8, 0.5])
 
 
+def test_box_voting_hand_case():
+    # window 0: class 1 at [0, 0, 10, 10] (0.9); window 1: class 1 at [0, 0, 10, 12] (0.3),
+    # IoU 100 / 120 = 0.833, so NMS 0.3 removes it; class 2's [0, 0, 10, 14] overlaps the
+    # class-1 box but votes only for its own class
+    probs = torch.tensor([[0.05, 0.9, 0.05], [0.2, 0.3, 0.5]])
+    per_class = torch.tensor([[[0, 0, 10, 10.0], [0, 0, 10, 14.0]], [[0, 0, 10, 12.0], [50, 50, 60, 60.0]]])
+    plain = postprocess_detections(probs, per_class, 0.01, 0.3)
+    voted = postprocess_detections(probs, per_class, 0.01, 0.3, vote_thresh=0.5)
+    assert voted["labels"].tolist() == plain["labels"].tolist() == [1, 2, 2]
+    assert torch.equal(voted["scores"], plain["scores"])
+    # (0.9 * 10 + 0.3 * 12) / 1.2 = 10.5; class 2's two boxes do not overlap: unchanged
+    assert voted["boxes"].tolist() == [[0, 0, 10, 10.5], [50, 50, 60, 60], [0, 0, 10, 14]]
+    # at IoU 0.9 the 0.833 box no longer votes
+    assert postprocess_detections(probs, per_class, 0.01, 0.3, vote_thresh=0.9)["boxes"][0].tolist() == [0, 0, 10, 10]
+
+
+def test_box_voting_matches_detectron_loop():
+    """Oracle: Detectron's box_voting (utils/boxes.py), transcribed in numpy: for each
+    class, NMS (torchvision's, run directly) over the candidates above the threshold,
+    then each kept box = np.average of the candidates at IoU >= thresh, weights = scores.
+    IoU by hand with continuous coordinates (the project's convention)."""
+    from torchvision.ops import nms
+    rng = np.random.default_rng(3)
+    k, c, thresh = 60, 3, 0.6
+    # windows jittered around 5 objects, so that many overlap at IoU >= thresh
+    centre = rng.uniform(0, 80, (5, 2))[rng.integers(0, 5, (k, c))]
+    xy = centre + rng.normal(0, 2.5, (k, c, 2))
+    wh = 30 + rng.normal(0, 3, (k, c, 2))
+    per_class = torch.tensor(np.concatenate([xy, xy + wh], 2), dtype=torch.float32)
+    probs = torch.softmax(torch.tensor(rng.normal(0, 2, (k, c + 1)), dtype=torch.float32), 1)
+    det = postprocess_detections(probs, per_class, 0.05, 0.3, max_per_image=1000, vote_thresh=thresh)
+
+    def iou(a, b):
+        iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+        ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+        inter = iw * ih
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
+
+    for label in range(1, c + 1):
+        s = probs[:, label].numpy().astype(np.float64)
+        m = s > 0.05
+        all_boxes, all_scores = per_class[:, label - 1].numpy().astype(np.float64)[m], s[m]
+        top = nms(torch.tensor(all_boxes), torch.tensor(all_scores), 0.3).numpy()
+        want = np.stack([np.average(all_boxes[iou(all_boxes[t], all_boxes) >= thresh], axis=0,
+                                    weights=all_scores[iou(all_boxes[t], all_boxes) >= thresh]) for t in top])
+        got = det["boxes"][det["labels"] == label].numpy()
+        assert len(top) >= 3 and got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-3
+        assert (np.abs(want - all_boxes[top]).max(1) > 0.1).sum() >= 2  # voting moved boxes
+
+
 def test_build_detector_from_config():
     cfg = OmegaConf.load("configs/model/zf5.yaml")
     cfg.trunk.width, cfg.hidden = 0.25, 32

@@ -181,6 +181,24 @@ def test_eval_number_does_not_depend_on_the_cpus_bf16(tmp_path, tiny_checkpoint,
     assert evaluate_checkpoint(cfg, tmp_path / "auto")["precision"] == "int8"
 
 
+def test_eval_box_vote_reaches_the_model_and_metrics(tmp_path, tiny_checkpoint):
+    """test.box_vote=0.5 moves kept boxes (the same detections otherwise: scores, classes,
+    order) and is recorded in metrics.json; the arithmetic is tested in test_detector.py."""
+    from spp_det.jobs.eval import evaluate_checkpoint
+    runs = []
+    for vote in ("null", "0.5"):
+        cfg = _compose_eval(f"checkpoint={tiny_checkpoint}", "test.max_windows=50", "plot=false",
+                            f"test.box_vote={vote}")
+        runs.append((evaluate_checkpoint(cfg, tmp_path / vote),
+                     json.loads((tmp_path / vote / "detections.json").read_text())))
+    (plain, dets_plain), (voted, dets_voted) = runs
+    assert plain["box_vote"] is None and voted["box_vote"] == 0.5
+    assert [(d["image_id"], d["category_id"], d["score"]) for d in dets_plain] == \
+        [(d["image_id"], d["category_id"], d["score"]) for d in dets_voted]
+    moved = sum(max(abs(a - b) for a, b in zip(p["bbox"], v["bbox"])) > 0.01 for p, v in zip(dets_plain, dets_voted))
+    assert moved >= len(dets_plain) // 10 > 0
+
+
 def test_eval_on_an_unannotated_split_writes_results_without_scoring(tmp_path, shapes_root, tiny_checkpoint):
     """VOC2012 test has no public boxes: eval.py detects, writes detections.json and the
     devkit's comp4 files for the evaluation server (named after the devkit's image set,

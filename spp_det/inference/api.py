@@ -19,7 +19,7 @@ from ..data import read_image
 from ..models import RCNN, SPPNet
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..proposals import ProposalStore, SelectiveSearchConfig, build_proposals, proposals_for, selective_search
-from .predict import configure_inference, runner_for
+from .predict import configure_inference, configure_views, runner_for
 
 Image = str | Path | np.ndarray
 
@@ -71,13 +71,12 @@ class Detector:
                          rcnn: bool | None = None, loaded: dict | None = None) -> "Detector":
         """:meth:`from_checkpoint` with the settings of a config's ``test`` node (eval.py,
         detect.py and train.py share its keys: scales, score_thresh, nms_thresh,
-        max_per_image, max_windows, flip, precision, svd_rank, classifier, bbox_reg)."""
+        max_per_image, max_windows, flip, box_vote, precision, svd_rank, classifier, bbox_reg)."""
         detector = cls.from_checkpoint(path, device, test.get("precision", "float32"), proposals,
                                        test.get("classifier", "auto"), test.get("bbox_reg", "auto"),
                                        test.get("svd_rank"), rcnn, test.get("scales"), test.score_thresh,
                                        test.nms_thresh, test.max_per_image, loaded)
-        if test.get("flip") is not None:
-            detector.model.test_flip = bool(test.flip)
+        configure_views(detector.model, test)
         detector.max_windows = test.get("max_windows")
         return detector
 

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def configure_inference(model: SPPNet, node) -> None:
     """Inference options of a config node (the ``test`` node of train, eval and detect):
-    ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's)."""
+    ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's),
+    and those of :func:`configure_views`."""
+    configure_views(model, node)
     if node.get("svd_rank"):  # before the precision: int8 quantises the SVD's layers, and auto times them
         model.compress(tuple(node.svd_rank))
     model.set_precision(node.get("precision", "float32"))
@@ -32,6 +34,15 @@ def configure_inference(model: SPPNet, node) -> None:
                            model.head.box_head if box_head == "auto" else box_head)
         except ValueError as exc:
             raise SppDetError(f"test.classifier={classifier} test.bbox_reg={box_head}: {exc}") from exc
+
+
+def configure_views(model: SPPNet, node) -> None:
+    """``flip`` (true: score the mirrored image too; null: the model's) and ``box_vote``
+    (null: none; an IoU, e.g. 0.5: windows that NMS removed still vote on a kept box's
+    position, postprocess.vote_boxes) of a ``test`` node."""
+    if node.get("flip") is not None:
+        model.test_flip = bool(node.flip)
+    model.box_vote = None if node.get("box_vote") is None else float(node.box_vote)
 
 
 def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, score_thresh: float,
@@ -45,6 +56,7 @@ def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, sco
     return {"mode": "rcnn" if rcnn else "spp", "precision": net.precision,
             "svd_rank": list(svd_rank) if svd_rank else None,
             "test_scales": None if rcnn else list(scales or net.scales), "test_flip": not rcnn and bool(net.test_flip),
+            "box_vote": net.box_vote,
             "classifier": net.head.classifier, "bbox_reg": net.head.box_head, "max_windows": max_windows,
             "score_thresh": float(score_thresh), "nms_thresh": float(nms_thresh), "max_per_image": int(max_per_image)}
 

@@ -69,8 +69,6 @@ def train_job(cfg: DictConfig, out_dir: Path) -> dict | None:
     load_weights(model, best["model"])
     test = cfg.test  # eval.py's keys; precision float32 by default: the model's number, not the machine's
     configure_inference(model, test)
-    if test.get("flip") is not None:
-        model.test_flip = bool(test.flip)
     scales = tuple(test.scales) if test.get("scales") else None
     weights = f"best.pt, iteration {best['iteration']}" + (f", {best['stages']['name']}" if "stages" in best else "")
     store, ss = trainer.store, trainer.ss

@@ -63,6 +63,7 @@ class SPPNet(nn.Module):
                                   else trunk.output_size(224, 224)[0] * trunk.stride)
         self.box_coder = BoxCoder(tuple(box_weights))
         self.test_flip = test_flip
+        self.box_vote: float | None = None  # inference only: IoU of box voting (postprocess.vote_boxes)
         self.precision = "float32"  # inference only: see set_precision
         self._workspace: torch.Tensor | None = None  # pooled vectors of one chunk, see workspace()
 
@@ -297,4 +298,4 @@ class SPPNet(nn.Module):
         """Detections of one image: {"boxes" (D, 4) original pixels, "scores" (D,),
         "labels" (D,) in 1..C}."""
         probs, per_class = self.detect_windows(image, boxes, scales)
-        return postprocess_detections(probs, per_class, score_thresh, nms_thresh, max_per_image)
+        return postprocess_detections(probs, per_class, score_thresh, nms_thresh, max_per_image, self.box_vote)

@@ -76,4 +76,5 @@ class RCNN(nn.Module):
     def predict(self, image: np.ndarray, boxes: torch.Tensor, score_thresh: float = 0.001,
                 nms_thresh: float = 0.3, max_per_image: int = 100, **_unused) -> dict[str, torch.Tensor]:
         probs, per_class = self.detect_windows(image, boxes)
-        return postprocess_detections(probs, per_class, score_thresh, nms_thresh, max_per_image)
+        return postprocess_detections(probs, per_class, score_thresh, nms_thresh, max_per_image,
+                                      self.detector.box_vote)
