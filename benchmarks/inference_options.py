@@ -40,10 +40,11 @@ from spp_det.models.checkpoint import load_checkpoint  # noqa: E402
 from spp_det.models.postprocess import postprocess_detections  # noqa: E402
 
 
-def score_windows(detector: Detector, dataset, flip: bool) -> tuple[list, dict]:
+def score_windows(detector: Detector, dataset, flip: bool, score_thresh: float) -> tuple[list, dict]:
     """Per photo (probs (K, C + 1), per-class boxes (K, C, 4)) as eval.py's model scores
-    them, and with ``flip`` the same for the mirrored photo (boxes mirrored back); the
-    seconds per photo of each."""
+    them, and with ``flip`` the same for the mirrored photo (boxes mirrored back), kept
+    only for the windows that some class scores above ``score_thresh`` in one of the views
+    (no other window can reach a detection, averaged or not); the seconds per photo of each."""
     model = detector.model
     model.test_flip = False  # the two views are kept apart here, averaged per row
     scored, seconds = [], {"plain": 0.0, "mirrored": 0.0}
@@ -62,7 +63,9 @@ def score_windows(detector: Detector, dataset, flip: bool) -> tuple[list, dict]:
             mirrored = (p2, flip_boxes(b2.reshape(-1, 4), w).reshape(b2.shape))
         seconds["plain"] += t1 - t0
         seconds["mirrored"] += time.perf_counter() - t1
-        scored.append((plain, mirrored))
+        views = [plain] if mirrored is None else [plain, mirrored]
+        keep = torch.stack([p[:, 1:].amax(1) > score_thresh for p, _ in views]).any(0)
+        scored.append(tuple(None if v is None else (v[0][keep], v[1][keep]) for v in (plain, mirrored)))
     return scored, {k: v / max(1, len(dataset)) for k, v in seconds.items()}
 
 
@@ -82,10 +85,13 @@ def main() -> None:
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.get("rcnn"):
+        raise SystemExit(f"error: {args.checkpoint}: an R-CNN-mode checkpoint (train.rcnn=true); this benchmark "
+                         "scores SPP-net checkpoints (use eval.py's test.* options for R-CNN mode)")
     detector = Detector.from_checkpoint(args.checkpoint, scales=args.scales, loaded=ckpt)
     node = OmegaConf.merge(OmegaConf.create(ckpt["dataset_cfg"]), {"classes": list(ckpt["classes"])})
     dataset = build_dataset(node, args.split).take([0, args.subset] if args.subset else None)
-    scored, seconds = score_windows(detector, dataset, args.flip)
+    scored, seconds = score_windows(detector, dataset, args.flip, args.score_thresh)
 
     rows = []
     for flip, nms, vote in itertools.product([False, True] if args.flip else [False], args.nms, [None, *args.vote]):
@@ -106,7 +112,7 @@ def main() -> None:
              "|---|---|---|---|" + "---|" * len(classes)]
     for r in rows:
         aps = " | ".join("-" if a is None else f"{a:.3f}" for a in r["AP"].values())
-        lines.append(f"| {'yes' if r['flip'] else 'no'} | {r['nms_thresh']} | {r['box_vote'] or '-'} | "
+        lines.append(f"| {'yes' if r['flip'] else 'no'} | {r['nms_thresh']} | {'-' if r['box_vote'] is None else r['box_vote']} | "
                      f"{r['mAP']:.3f} | {aps} |")
     write_report(args.out, f"inference_options_{args.name}", lines,
                  {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset),

@@ -130,9 +130,14 @@ def test_box_voting_hand_case():
     assert voted["labels"].tolist() == plain["labels"].tolist() == [1, 2, 2]
     assert torch.equal(voted["scores"], plain["scores"])
     # (0.9 * 10 + 0.3 * 12) / 1.2 = 10.5; class 2's two boxes do not overlap: unchanged
-    assert voted["boxes"].tolist() == [[0, 0, 10, 10.5], [50, 50, 60, 60], [0, 0, 10, 14]]
+    torch.testing.assert_close(voted["boxes"], torch.tensor([[0, 0, 10, 10.5], [50, 50, 60, 60], [0, 0, 10, 14]]))
     # at IoU 0.9 the 0.833 box no longer votes
-    assert postprocess_detections(probs, per_class, 0.01, 0.3, vote_thresh=0.9)["boxes"][0].tolist() == [0, 0, 10, 10]
+    torch.testing.assert_close(postprocess_detections(probs, per_class, 0.01, 0.3, vote_thresh=0.9)["boxes"][0],
+                               torch.tensor([0, 0, 10, 10.0]))
+    # IoU exactly at the threshold votes (>=): [0, 0, 10, 20] against [0, 0, 10, 10] is 100 / 200
+    per_class[1, 0] = torch.tensor([0, 0, 10, 20.0])
+    torch.testing.assert_close(postprocess_detections(probs, per_class, 0.01, 0.3, vote_thresh=0.5)["boxes"][0],
+                               torch.tensor([0, 0, 10, (0.9 * 10 + 0.3 * 20) / 1.2]))
 
 
 def test_box_voting_matches_detectron_loop():

@@ -29,3 +29,33 @@ def test_inference_workers_search_in_parallel_only_when_windows_are_missing(monk
     assert inference_workers("auto", "cpu", missing=0) == 0     # warm on a CPU: the network has the cores
     assert inference_workers("auto", "cuda", missing=0) == 4    # warm on a GPU: up to 4 loaders
     assert inference_workers(2, "cpu", missing=3) == 2          # a number is taken as given
+
+
+def test_box_vote_option_is_checked_and_reaches_both_modes():
+    """test.box_vote sets the model's voting IoU (an IoU in (0, 1] or null) and both SPP and
+    R-CNN mode post-process with it; the arithmetic is tested in test_detector.py."""
+    import numpy as np
+    import pytest
+    from omegaconf import OmegaConf
+
+    from spp_det.errors import SppDetError
+    from spp_det.inference.predict import configure_inference
+    from spp_det.models import RCNN, SPPNet, build_trunk, postprocess_detections
+    torch.manual_seed(0)
+    net = SPPNet(build_trunk("zf5", width=0.25, norm="bn").freeze(), 2, hidden=32, scales=(224,)).eval()
+    for bad in (0, 1.5, True):
+        with pytest.raises(SppDetError, match=f"test.box_vote={bad}: give an IoU in"):
+            configure_inference(net, OmegaConf.create({"box_vote": bad}))
+    configure_inference(net, OmegaConf.create({"box_vote": 0.5}))
+    assert net.box_vote == 0.5
+    img = np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    boxes = torch.tensor([[40.0, 30, 140, 130], [44, 34, 150, 136], [50, 40, 160, 140], [0, 0, 100, 90]])
+    for runner in (net, RCNN(net, batch_size=4).eval()):
+        probs, per_class = runner.detect_windows(img, boxes)
+        want = postprocess_detections(probs, per_class, 0.001, 0.3, 100, vote_thresh=0.5)
+        plain = postprocess_detections(probs, per_class, 0.001, 0.3, 100)
+        got = runner.predict(img, boxes, score_thresh=0.001, nms_thresh=0.3)
+        torch.testing.assert_close(got["boxes"], want["boxes"])
+        assert (got["boxes"] - plain["boxes"]).abs().max() > 0.5  # voting moved a box
+    configure_inference(net, OmegaConf.create({"box_vote": None}))
+    assert net.box_vote is None

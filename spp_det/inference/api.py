@@ -19,7 +19,7 @@ from ..data import read_image
 from ..models import RCNN, SPPNet
 from ..models.checkpoint import load_checkpoint, model_from_checkpoint
 from ..proposals import ProposalStore, SelectiveSearchConfig, build_proposals, proposals_for, selective_search
-from .predict import configure_inference, configure_views, runner_for
+from .predict import configure_inference, runner_for
 
 Image = str | Path | np.ndarray
 
@@ -48,19 +48,22 @@ class Detector:
                         proposals: dict | Any | None = None, classifier: str = "auto", bbox_reg: str = "auto",
                         svd_rank: Sequence[int] | None = None, rcnn: bool | None = None,
                         scales: Sequence[int] | None = None, score_thresh: float = 0.05, nms_thresh: float = 0.3,
-                        max_per_image: int = 100, loaded: dict | None = None) -> "Detector":
+                        max_per_image: int = 100, flip: bool | None = None, box_vote: float | None = None,
+                        loaded: dict | None = None) -> "Detector":
         """The model of a ``train.py`` checkpoint, ready to detect. ``proposals``: a
         ``configs/proposals`` node or dict (None: the checkpoint's training proposals; detect.py
         passes the recipe's detection proposals, ``detect_proposals_cfg``, where it has them);
         ``precision`` float32 | bfloat16 | int8 | auto; ``classifier`` softmax | svm | auto,
         ``bbox_reg`` learned | ridge | none | auto (auto: what the checkpoint carries);
         ``svd_rank`` (r6, r7) truncated SVD of fc6/fc7; ``rcnn`` R-CNN mode (None: the
-        mode it was trained in); ``scales`` test scales (None: the checkpoint's); ``loaded``:
-        the checkpoint already read from ``path`` (not read twice)."""
+        mode it was trained in); ``scales`` test scales (None: the checkpoint's); ``flip``
+        also score the mirrored image; ``box_vote`` an IoU for box voting (None: none);
+        ``loaded``: the checkpoint already read from ``path`` (not read twice)."""
         ckpt = loaded if loaded is not None else load_checkpoint(path)
         model = model_from_checkpoint(ckpt, device, path)
         configure_inference(model, OmegaConf.create({"precision": precision, "svd_rank": svd_rank,
-                                                     "classifier": classifier, "bbox_reg": bbox_reg}))
+                                                     "classifier": classifier, "bbox_reg": bbox_reg,
+                                                     "flip": flip, "box_vote": box_vote}))
         node = OmegaConf.create(proposals if proposals is not None else ckpt["proposals_cfg"])
         store, ss = build_proposals(node)
         return cls(runner_for(model, ckpt, rcnn), ckpt["classes"], store, ss, scales, score_thresh, nms_thresh,
@@ -75,8 +78,8 @@ class Detector:
         detector = cls.from_checkpoint(path, device, test.get("precision", "float32"), proposals,
                                        test.get("classifier", "auto"), test.get("bbox_reg", "auto"),
                                        test.get("svd_rank"), rcnn, test.get("scales"), test.score_thresh,
-                                       test.nms_thresh, test.max_per_image, loaded)
-        configure_views(detector.model, test)
+                                       test.nms_thresh, test.max_per_image, test.get("flip"), test.get("box_vote"),
+                                       loaded)
         detector.max_windows = test.get("max_windows")
         return detector
 

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 def configure_inference(model: SPPNet, node) -> None:
     """Inference options of a config node (the ``test`` node of train, eval and detect):
     ``precision``, ``svd_rank``, ``classifier`` and ``bbox_reg`` (auto: the checkpoint's),
-    and those of :func:`configure_views`."""
-    configure_views(model, node)
+    and those of :func:`configure_test_options`."""
+    configure_test_options(model, node)
     if node.get("svd_rank"):  # before the precision: int8 quantises the SVD's layers, and auto times them
         model.compress(tuple(node.svd_rank))
     model.set_precision(node.get("precision", "float32"))
@@ -36,21 +36,26 @@ def configure_inference(model: SPPNet, node) -> None:
             raise SppDetError(f"test.classifier={classifier} test.bbox_reg={box_head}: {exc}") from exc
 
 
-def configure_views(model: SPPNet, node) -> None:
+def configure_test_options(model: SPPNet, node) -> None:
     """``flip`` (true: score the mirrored image too; null: the model's) and ``box_vote``
-    (null: none; an IoU, e.g. 0.5: windows that NMS removed still vote on a kept box's
-    position, postprocess.vote_boxes) of a ``test`` node."""
+    (null: none; an IoU in (0, 1], e.g. 0.5: windows that NMS removed still vote on a kept
+    box's position, postprocess.vote_boxes) of a ``test`` node."""
     if node.get("flip") is not None:
         model.test_flip = bool(node.flip)
-    model.box_vote = None if node.get("box_vote") is None else float(node.box_vote)
+    vote = node.get("box_vote")
+    if vote is not None and (isinstance(vote, bool) or not 0 < float(vote) <= 1):
+        # above 1 a kept box would not vote for itself (no weights: NaN boxes); at 0 or below
+        # boxes that do not overlap would vote
+        raise SppDetError(f"test.box_vote={vote}: give an IoU in (0, 1], e.g. 0.5, or null for no voting")
+    model.box_vote = None if vote is None else float(vote)
 
 
 def inference_settings(model: SPPNet | RCNN, scales: tuple[int, ...] | None, score_thresh: float,
                        nms_thresh: float, max_per_image: int, max_windows: int | None,
                        svd_rank: list[int] | None) -> dict:
     """Everything that changes a detector's numbers, for metrics.json: the arithmetic
-    (precision, SVD ranks), test scales and flip, classifier and box regressor, windows
-    scored, thresholds, and the mode."""
+    (precision, SVD ranks), test scales and flip, box voting, classifier and box regressor,
+    windows scored, thresholds, and the mode."""
     net = model.detector if isinstance(model, RCNN) else model
     rcnn = isinstance(model, RCNN)  # warped crops: no scales, no flip
     return {"mode": "rcnn" if rcnn else "spp", "precision": net.precision,
