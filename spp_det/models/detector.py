@@ -57,8 +57,7 @@ class SPPNet(nn.Module):
         self.scales = tuple(int(s) for s in scales)
         self.train_scales = tuple(int(s) for s in train_scales)
         self.max_size = int(max_size)
-        self.projection = projection
-        self.margin = margin
+        self.projection, self.margin = projection, margin
         self.scale_target = float(scale_target if scale_target is not None
                                   else trunk.output_size(224, 224)[0] * trunk.stride)
         self.box_coder = BoxCoder(tuple(box_weights))
