@@ -50,7 +50,7 @@ def score_windows(detector: Detector, dataset, flip: bool, score_thresh: float) 
     scored, seconds = [], {"plain": 0.0, "mirrored": 0.0}
     loader = DataLoader(Images(dataset, list(range(len(dataset))), detector.store, detector.ss),
                         batch_size=None, **loader_kwargs(0))
-    for i, image, boxes, error in tqdm(loader, total=len(dataset), desc="score windows", unit="img"):
+    for _, image, boxes, error in tqdm(loader, total=len(dataset), desc="score windows", unit="img"):
         if error is not None:
             raise SystemExit(f"error: {error}")
         t0 = time.perf_counter()
@@ -107,13 +107,14 @@ def main() -> None:
     classes = list(rows[0]["AP"])
     lines = [f"{args.checkpoint} on {len(dataset)} photos of '{dataset.name}' ({args.split}), "
              f"scales {list(detector.scales or detector.model.scales)}, {node.metric}; {describe(info)}",
-             f"scoring: {seconds['plain']:.2f} s/photo" + (f", mirrored +{seconds['mirrored']:.2f}" if args.flip else ""),
+             f"scoring: {seconds['plain']:.2f} s/photo"
+             + (f", mirrored +{seconds['mirrored']:.2f}" if args.flip else ""),
              "", "| flip | NMS | box vote | mAP | " + " | ".join(classes) + " |",
              "|---|---|---|---|" + "---|" * len(classes)]
     for r in rows:
         aps = " | ".join("-" if a is None else f"{a:.3f}" for a in r["AP"].values())
-        lines.append(f"| {'yes' if r['flip'] else 'no'} | {r['nms_thresh']} | {'-' if r['box_vote'] is None else r['box_vote']} | "
-                     f"{r['mAP']:.3f} | {aps} |")
+        vote = "-" if r["box_vote"] is None else r["box_vote"]
+        lines.append(f"| {'yes' if r['flip'] else 'no'} | {r['nms_thresh']} | {vote} | {r['mAP']:.3f} | {aps} |")
     write_report(args.out, f"inference_options_{args.name}", lines,
                  {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset),
                   "seconds_per_image": seconds, "rows": rows})
