@@ -69,7 +69,8 @@ def score_windows(detector: Detector, dataset, flip: bool, score_thresh: float) 
     return scored, {k: v / max(1, len(dataset)) for k, v in seconds.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """The rows (flip, nms_thresh, box_vote, mAP, AP), as printed and written."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--checkpoint", type=Path, required=True)
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--score-thresh", type=float, default=0.001)
     ap.add_argument("--max-per-image", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.get("rcnn"):
@@ -118,8 +119,9 @@ def main() -> None:
     write_report(args.out, f"inference_options_{args.name}", lines,
                  {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset),
                   "seconds_per_image": seconds, "rows": rows})
+    return rows
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
-    main()
+    with torch.no_grad():
+        main()
