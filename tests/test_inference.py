@@ -43,7 +43,7 @@ def test_box_vote_option_is_checked_and_reaches_both_modes():
     from spp_det.models import RCNN, SPPNet, build_trunk, postprocess_detections
     torch.manual_seed(0)
     net = SPPNet(build_trunk("zf5", width=0.25, norm="bn").freeze(), 2, hidden=32, scales=(224,)).eval()
-    for bad in (0, 1.5, True):
+    for bad in (0, 1.5, True, "half"):
         with pytest.raises(SppDetError, match=f"test.box_vote={bad}: give an IoU in"):
             configure_inference(net, OmegaConf.create({"box_vote": bad}))
     configure_inference(net, OmegaConf.create({"box_vote": 0.5}))

@@ -43,7 +43,7 @@ def configure_test_options(model: SPPNet, node) -> None:
     if node.get("flip") is not None:
         model.test_flip = bool(node.flip)
     vote = node.get("box_vote")
-    if vote is not None and (isinstance(vote, bool) or not 0 < float(vote) <= 1):
+    if vote is not None and (isinstance(vote, bool) or not isinstance(vote, (int, float)) or not 0 < vote <= 1):
         # above 1 a kept box would not vote for itself (no weights: NaN boxes); at 0 or below
         # boxes that do not overlap would vote
         raise SppDetError(f"test.box_vote={vote}: give an IoU in (0, 1], e.g. 0.5, or null for no voting")
