@@ -63,9 +63,11 @@ def score_windows(detector: Detector, dataset, flip: bool, score_thresh: float) 
             mirrored = (p2, flip_boxes(b2.reshape(-1, 4), w).reshape(b2.shape))
         seconds["plain"] += t1 - t0
         seconds["mirrored"] += time.perf_counter() - t1
-        views = [plain] if mirrored is None else [plain, mirrored]
-        keep = torch.stack([p[:, 1:].amax(1) > score_thresh for p, _ in views]).any(0)
-        scored.append(tuple(None if v is None else (v[0][keep], v[1][keep]) for v in (plain, mirrored)))
+        keep = plain[0][:, 1:].amax(1) > score_thresh
+        if mirrored is not None:
+            keep |= mirrored[0][:, 1:].amax(1) > score_thresh
+            mirrored = (mirrored[0][keep], mirrored[1][keep])
+        scored.append(((plain[0][keep], plain[1][keep]), mirrored))
     return scored, {k: v / max(1, len(dataset)) for k, v in seconds.items()}
 
 
