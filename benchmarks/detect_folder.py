@@ -44,7 +44,7 @@ from spp_det.jobs.detect import detect_job, detection_settings  # noqa: E402
 from spp_det.jobs.eval import dataset_config  # noqa: E402
 from spp_det.models import FeatureMap, postprocess_detections  # noqa: E402
 from spp_det.models.checkpoint import load_checkpoint  # noqa: E402
-from spp_det.models.detector import bf16_supported  # noqa: E402
+from spp_det.models.heads import bf16_supported  # noqa: E402
 from spp_det.inference.api import Detector  # noqa: E402
 from spp_det.proposals import selective_search  # noqa: E402
 from spp_det.visualize import draw_detections  # noqa: E402

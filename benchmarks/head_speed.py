@@ -40,8 +40,8 @@ from spp_det.evaluation.evaluate import evaluate  # noqa: E402
 from spp_det.jobs.eval import dataset_config  # noqa: E402
 from spp_det.models import postprocess_detections  # noqa: E402
 from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported  # noqa: E402
-from spp_det.models.heads import head_time  # noqa: E402
+from spp_det.models.detector import INFERENCE_CHUNK  # noqa: E402
+from spp_det.models.heads import bf16_supported, head_time  # noqa: E402
 from spp_det.proposals import build_proposals, compute_missing  # noqa: E402
 
 CONFIGS = ROOT / "spp_det" / "configs"

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -31,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe, machine_info, write_report  # noqa: E402
 
-from spp_det.boxes import flip_boxes  # noqa: E402
 from spp_det.data import build_dataset  # noqa: E402
 from spp_det.evaluation.evaluate import evaluate  # noqa: E402
 from spp_det.inference.api import Detector  # noqa: E402
@@ -58,9 +56,7 @@ def score_windows(detector: Detector, dataset, flip: bool, score_thresh: float) 
         t1 = time.perf_counter()
         mirrored = None
         if flip:
-            w = image.shape[1]
-            p2, b2 = model.detect_windows(np.ascontiguousarray(image[:, ::-1]), flip_boxes(boxes, w), detector.scales)
-            mirrored = (p2, flip_boxes(b2.reshape(-1, 4), w).reshape(b2.shape))
+            mirrored = model.score_mirrored(image, boxes, detector.scales)
         seconds["plain"] += t1 - t0
         seconds["mirrored"] += time.perf_counter() - t1
         keep = plain[0][:, 1:].amax(1) > score_thresh

@@ -37,7 +37,8 @@ from spp_det.data import read_image
 from torchvision.ops import roi_pool
 
 from spp_det.models import RCNN, SpatialPyramidPooling, build_detector, postprocess_detections
-from spp_det.models.detector import INFERENCE_CHUNK, bf16_supported
+from spp_det.models.detector import INFERENCE_CHUNK
+from spp_det.models.heads import bf16_supported
 from spp_det.models.spp import unique_rows
 from spp_det.proposals import build_proposals, compute_missing
 

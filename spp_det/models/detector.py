@@ -8,7 +8,7 @@ from torch import nn
 
 from ..boxes import BoxCoder, clip_boxes, flip_boxes
 from .backbones import Trunk
-from .heads import SPPHead, compress_head, fastest_head, quantize_head
+from .heads import SPPHead, bf16_supported, compress_head, fastest_head, quantize_head
 from .postprocess import postprocess_detections
 from .maps import FeatureMap, channels_last, distinct_cells
 from .resize import resize_image
@@ -16,18 +16,6 @@ from .spp import SpatialPyramidPooling, project_windows, released_scaling
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 INFERENCE_CHUNK = 512  # windows pooled and scored together at inference
-
-
-def bf16_supported(device: torch.device | str) -> bool:
-    """Whether bfloat16 matrix products run natively here: AMX or AVX-512-BF16 on a CPU
-    (elsewhere autocast would emulate them, slower than float32), bf16 units on a GPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return False
 
 
 class SPPNet(nn.Module):
@@ -262,10 +250,20 @@ class SPPNet(nn.Module):
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         probs, per_class = self._score(image, boxes, scales, maps)
         if self.test_flip:
-            p2, b2 = self._score(np.ascontiguousarray(image[:, ::-1]), flip_boxes(boxes, w), scales, None)
-            b2 = flip_boxes(b2.reshape(-1, 4), w).reshape(b2.shape)
+            p2, b2 = self.score_mirrored(image, boxes, scales)
             probs, per_class = (probs + p2) / 2, (per_class + b2) / 2
         return probs, per_class
+
+    @torch.no_grad()
+    def score_mirrored(self, image: np.ndarray, boxes: torch.Tensor,
+                       scales: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows scored on the mirrored image, as ``detect_windows`` without flip
+        returns them: (probs (K, C + 1), per-class boxes (K, C, 4) mirrored back into the
+        original image's pixels)."""
+        w, scales = image.shape[1], tuple(scales or self.scales)
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        probs, per_class = self._score(np.ascontiguousarray(image[:, ::-1]), flip_boxes(boxes, w), scales, None)
+        return probs, flip_boxes(per_class.reshape(-1, 4), w).reshape(per_class.shape)
 
     def _score(self, image: np.ndarray, boxes: torch.Tensor, scales: tuple[int, ...],
                maps: list[FeatureMap] | None) -> tuple[torch.Tensor, torch.Tensor]:

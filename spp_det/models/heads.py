@@ -127,6 +127,18 @@ class SPPHead(nn.Module):
         return scores, deltas
 
 
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively here: AMX or AVX-512-BF16 on a CPU
+    (elsewhere autocast would emulate them, slower than float32), bf16 units on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence getattr
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
