@@ -76,3 +76,30 @@ def test_known_keys_drops_only_what_the_old_run_lacks_at_its_default():
     # not at its default, or an option without one: kept, so the configurations differ
     assert levers.known_keys({"seed": 1, "x": 3}, {"seed": 0}, default) == {"seed": 1, "x": 3}
     assert levers.known_keys({"seed": 1, "y": 0}, {"seed": 0}, default) == {"seed": 1, "y": 0}
+
+
+def test_a_stage_row_starts_from_its_base_rows_model_without_training_it_again(tmp_path, monkeypatch):
+    name = "dilated_recipe_svm_c35e4"
+    what, base, own = levers.STAGE_ROWS[name]
+    base_overrides = levers.LEVERS[base][1]
+    finished_run(tmp_path, base, OmegaConf.to_container(levers.row_config(base_overrides)))
+    (tmp_path / base / "checkpoints").mkdir()
+    for f, data in (("best.pt", b"best weights"), ("last.pt", b"last state")):
+        (tmp_path / base / "checkpoints" / f).write_bytes(data)
+    calls = []
+
+    def fake_train_job(cfg, run):
+        # what train_job resumes from is already in place when it starts
+        calls.append((cfg, (run / "checkpoints" / "best.pt").read_bytes(), (run / "checkpoints" / "last.pt").read_bytes()))
+        (run / "metrics.json").write_text(json.dumps({"mAP": 0.6, "AP": {}}))
+
+    monkeypatch.setattr(levers, "train_job", fake_train_job)
+    assert levers.run_row(name, base_overrides + own, tmp_path, start_from=base) == {"mAP": 0.6, "AP": {}}
+    [(cfg, best, last)] = calls  # the base row, finished, is not trained again
+    assert (best, last) == (b"best weights", b"last state")
+    assert (cfg.train.classifier, cfg.train.svm.C, cfg.solver.max_iter, cfg.resume) == ("svm", 0.0035, 4000, "auto")
+    # the base row's fine-tuning settings, unchanged
+    base_cfg = levers.row_config(base_overrides)
+    assert (cfg.model, cfg.solver) == (base_cfg.model, base_cfg.solver)
+    assert {k: v for k, v in cfg.train.items() if k not in ("classifier", "svm")} == \
+        {k: v for k, v in base_cfg.train.items() if k not in ("classifier", "svm")}
