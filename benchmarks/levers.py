@@ -3,8 +3,13 @@ scripts/train.py's job (``+experiment=voc2012_1800_lite0``, pinned to the baseli
 levers were measured against, ``BASELINE``, plus the row's overrides) tested at its end on
 the 360 val photos, and one line of the table.
 
-    python benchmarks/levers.py                     # every row (hours: the dilated rows)
+    python benchmarks/levers.py                     # every row of LEVERS (hours: the dilated rows)
     python benchmarks/levers.py --rows b16_drop0 dilated_drop0   # some rows
+    python benchmarks/levers.py --rows dilated_recipe_svm_c35e4  # a STAGE_ROWS row (named only)
+
+A row of ``STAGE_ROWS`` changes only the stages fitted after fine-tuning (SVMs): it copies
+its base row's checkpoints (the base row is trained first if it has not been) and resumes
+from them, so it fits and tests without fine-tuning again.
 
 Runs live in ``--out/<row>`` (default ``outputs/voc1800``); a row whose run already holds
 a ``metrics.json`` from the same configuration is reused, one stopped before its end resumes
@@ -115,9 +120,16 @@ STAGE_ROWS: dict[str, tuple[str, str, list[str]]] = {
     "dilated_recipe_svm_c35e4": ("the recipe's model (row dilated_drop0_flip_4k_hardbg50_iou3) scored by SVMs on "
                                  "fc7, C 3.5e-3 (the released 1e-3 x 5,011 / 1,440 images)",
                                  "dilated_drop0_flip_4k_hardbg50_iou3", ["train.classifier=svm", "train.svm.C=0.0035"]),
-    "dilated_recipe_svm_c1e3": ("the same with the released C 1e-3", "dilated_drop0_flip_4k_hardbg50_iou3",
+    "dilated_recipe_svm_c1e3": ("the recipe's model (row dilated_drop0_flip_4k_hardbg50_iou3) scored by SVMs on "
+                                "fc7, the released C 1e-3", "dilated_drop0_flip_4k_hardbg50_iou3",
                                 ["train.classifier=svm", "train.svm.C=0.001"]),
 }
+
+
+def stage_row_overrides(name: str) -> list[str]:
+    """A STAGE_ROWS row's overrides: its base row's, then its own."""
+    _, base, own = STAGE_ROWS[name]
+    return LEVERS[base][1] + own
 
 
 def row_overrides(overrides: list[str]) -> list[str]:
@@ -190,6 +202,10 @@ def run_row(name: str, overrides: list[str], out: Path, start_from: str | None =
     write_atomic(run / "levers_config.yaml", OmegaConf.to_yaml(cfg).encode())
     if start_from is not None and not (run / "checkpoints" / "last.pt").is_file():
         run_row(start_from, LEVERS[start_from][1], out)
+        missing = [f for f in ("best.pt", "last.pt") if not (out / start_from / "checkpoints" / f).is_file()]
+        if missing:
+            raise SppDetError(f"{out / start_from}: row '{name}' starts from this run's checkpoints, but it has no "
+                              f"{' or '.join(missing)}: remove its metrics.json to train it again, or choose another --out")
         (run / "checkpoints").mkdir(exist_ok=True)
         for f in ("best.pt", "last.pt"):  # best.pt before last.pt: last.pt is what marks the copy done
             write_atomic(run / "checkpoints" / f, (out / start_from / "checkpoints" / f).read_bytes())
@@ -206,8 +222,8 @@ def main() -> None:
     rows = []
     for name in args.rows:
         if name in STAGE_ROWS:
-            what, base, overrides = STAGE_ROWS[name]
-            overrides = LEVERS[base][1] + overrides
+            what, base, _ = STAGE_ROWS[name]
+            overrides = stage_row_overrides(name)
             m = run_row(name, overrides, args.out, start_from=base)
         else:
             what, overrides = LEVERS[name]

@@ -94,7 +94,8 @@ def test_a_stage_row_starts_from_its_base_rows_model_without_training_it_again(t
         (run / "metrics.json").write_text(json.dumps({"mAP": 0.6, "AP": {}}))
 
     monkeypatch.setattr(levers, "train_job", fake_train_job)
-    assert levers.run_row(name, base_overrides + own, tmp_path, start_from=base) == {"mAP": 0.6, "AP": {}}
+    assert levers.stage_row_overrides(name) == base_overrides + own
+    assert levers.run_row(name, levers.stage_row_overrides(name), tmp_path, start_from=base) == {"mAP": 0.6, "AP": {}}
     [(cfg, best, last)] = calls  # the base row, finished, is not trained again
     assert (best, last) == (b"best weights", b"last state")
     assert (cfg.train.classifier, cfg.train.svm.C, cfg.solver.max_iter, cfg.resume) == ("svm", 0.0035, 4000, "auto")
@@ -103,3 +104,32 @@ def test_a_stage_row_starts_from_its_base_rows_model_without_training_it_again(t
     assert (cfg.model, cfg.solver) == (base_cfg.model, base_cfg.solver)
     assert {k: v for k, v in cfg.train.items() if k not in ("classifier", "svm")} == \
         {k: v for k, v in base_cfg.train.items() if k not in ("classifier", "svm")}
+
+
+def test_a_stage_row_trains_its_unfinished_base_row_first(tmp_path, monkeypatch):
+    name = "dilated_recipe_svm_c1e3"
+    _, base, _ = levers.STAGE_ROWS[name]
+    order = []
+
+    def fake_train_job(cfg, run):
+        order.append((run.name, cfg.train.classifier))
+        if run.name == base:  # the base row's fine-tuning writes its checkpoints
+            (run / "checkpoints").mkdir()
+            for f in ("best.pt", "last.pt"):
+                (run / "checkpoints" / f).write_bytes(f.encode())
+        else:
+            assert (run / "checkpoints" / "last.pt").read_bytes() == b"last.pt"
+        (run / "metrics.json").write_text(json.dumps({"mAP": 0.5, "AP": {}}))
+
+    monkeypatch.setattr(levers, "train_job", fake_train_job)
+    levers.run_row(name, levers.stage_row_overrides(name), tmp_path, start_from=base)
+    assert order == [(base, "softmax"), (name, "svm")]
+
+
+def test_a_stage_row_whose_base_run_lost_its_checkpoints_is_one_clear_error(tmp_path):
+    name = "dilated_recipe_svm_c35e4"
+    _, base, _ = levers.STAGE_ROWS[name]
+    finished_run(tmp_path, base, OmegaConf.to_container(levers.row_config(levers.LEVERS[base][1])))
+    with pytest.raises(SppDetError, match=f"{base}: row '{name}' starts from this run's checkpoints, but it has no "
+                                          "best.pt or last.pt"):
+        levers.run_row(name, levers.stage_row_overrides(name), tmp_path, start_from=base)

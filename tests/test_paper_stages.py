@@ -24,6 +24,8 @@ def test_svm_and_ridge_stages_are_fitted_into_best_pt(tmp_path, shapes_root, cap
     metrics = train_job(cfg, tmp_path / "run")
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["stages"]["name"] == "SVMs + ridge box regression"
+    # the settings they were fitted with travel in the checkpoint
+    assert (best["stages"]["settings"]["svm"]["C"], best["stages"]["settings"]["ridge"]["lam"]) == (10, 10)
     assert metrics["weights"].endswith(", SVMs + ridge box regression")
     assert (metrics["max_per_image"], metrics["classifier"], metrics["bbox_reg"]) == (2, "svm", "ridge")
     per_image = {}

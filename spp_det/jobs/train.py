@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_dataset, image_digest
 from ..distributed import on_rank0
@@ -129,10 +129,14 @@ def add_paper_stages(trainer: Trainer, best_path: Path) -> None:
     load_weights(trainer.model, best["model"])
     stats = fit_paper_stages(trainer.model, trainer.train_set, trainer.store, trainer.features, cfg.train, cfg.seed,
                              skipped=trainer.skipped, progress=True)
-    name = " + ".join(n for n, on in (("SVMs", cfg.train.get("classifier") == "svm"),
-                                      ("ridge box regression", cfg.train.get("bbox_reg") == "ridge")) if on)
+    fitted = [(n, key) for n, on, key in (("SVMs", cfg.train.get("classifier") == "svm", "svm"),
+                                          ("ridge box regression", cfg.train.get("bbox_reg") == "ridge", "ridge")) if on]
+    name = " + ".join(n for n, _ in fitted)
     best["model"] = trainer.model.state_dict()
-    best["stages"] = {"name": name, "seconds": time.perf_counter() - t0, **stats}
+    # the settings they were fitted with: a checkpoint's "config" is that of the run that
+    # fine-tuned it, which may have named other stages (a run resumed from a copy)
+    settings = {key: OmegaConf.to_container(cfg.train[key]) for _, key in fitted}
+    best["stages"] = {"name": name, "seconds": time.perf_counter() - t0, "settings": settings, **stats}
     save_checkpoint(best_path, best)
     log.info("%s fitted in %.0f s: %s", name, time.perf_counter() - t0, stats)
     print(f"{name} fitted on the training images in {time.perf_counter() - t0:.0f} s -> {best_path}")

@@ -245,7 +245,6 @@ class SPPNet(nn.Module):
         ``test_flip`` the mirrored image is scored too, and the two results averaged (boxes
         mirrored back first).
         """
-        h, w = image.shape[:2]
         scales = tuple(scales or self.scales)
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         probs, per_class = self._score(image, boxes, scales, maps)
