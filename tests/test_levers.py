@@ -133,3 +133,24 @@ def test_a_stage_row_whose_base_run_lost_its_checkpoints_is_one_clear_error(tmp_
     with pytest.raises(SppDetError, match=f"{base}: row '{name}' starts from this run's checkpoints, but it has no "
                                           "best.pt or last.pt"):
         levers.run_row(name, levers.stage_row_overrides(name), tmp_path, start_from=base)
+
+
+def test_an_init_row_trains_its_base_row_first_and_starts_from_its_best_pt(tmp_path, monkeypatch):
+    name = "dilated_recipe_tail2k"
+    _, base, own = levers.INIT_ROWS[name]
+    order = []
+
+    def fake_train_job(cfg, run):
+        order.append((run.name, cfg.train.finetune_conv, cfg.train.get("init_weights")))
+        (run / "metrics.json").write_text(json.dumps({"mAP": 0.5, "AP": {}}))
+
+    monkeypatch.setattr(levers, "train_job", fake_train_job)
+    overrides = levers.init_row_overrides(name, tmp_path)
+    assert overrides[:-1] == levers.LEVERS[base][1] + own
+    levers.run_row(name, overrides, tmp_path, init_from=base)
+    best = str(tmp_path / base / "checkpoints" / "best.pt")
+    assert order == [(base, False, None), (name, True, best)]
+    levers.run_row(name, overrides, tmp_path, init_from=base)  # both finished: nothing trains again
+    assert len(order) == 2
+    cfg = levers.row_config(overrides)
+    assert (cfg.model.trunk.trainable_layers, cfg.train.images_per_batch, cfg.train.pooled_batches) == (4, 2, False)

@@ -67,3 +67,19 @@ def test_solver_released_is_the_prototxt_with_its_bias_rules():
     for it, want in ((0, 1e-3), (29_999, 1e-3), (30_000, 1e-4), (59_999, 1e-4), (60_000, 1e-5), (89_999, 1e-5)):
         w, b = lr(it)
         assert w == pytest.approx(want, rel=1e-12) and b == pytest.approx(2 * want, rel=1e-12), it
+
+
+def test_trunk_layers_learn_at_their_own_rate():
+    """solver.trunk_lr_mult: the trunk's weights and biases at lr x mult (biases also x
+    bias_lr_mult, weight decay x bias_decay_mult); the heads' at lr; frozen ones nowhere."""
+    from spp_det.training.solver import param_groups
+    net = torch.nn.ModuleDict({"trunk": torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)),
+                               "head": torch.nn.Linear(2, 2)})
+    net.trunk[0].requires_grad_(False)
+    groups = param_groups(net.named_parameters(), 1e-3, 1e-4, bias_lr_mult=2.0, bias_decay_mult=0.0, trunk_lr_mult=0.1)
+    got = [([id(p) for p in g["params"]], g["lr"], g["weight_decay"]) for g in groups]
+    assert got == [([id(net.head.weight)], 1e-3, 1e-4), ([id(net.head.bias)], 2e-3, 0.0),
+                   ([id(net.trunk[1].weight)], pytest.approx(1e-4), 1e-4),
+                   ([id(net.trunk[1].bias)], pytest.approx(2e-4), 0.0)]
+    # without the multiplier, the two groups of before (checkpoints resume with them)
+    assert len(param_groups(net.named_parameters(), 1e-3, 1e-4)) == 2

@@ -533,3 +533,42 @@ def test_voc_block16_recipe_fits_its_own_training_photos(tmp_path):
     true_prob, right = torch.cat(true_prob), torch.cat(right)
     assert len(right) == 80
     assert right.float().mean() > 0.85 and true_prob.mean() > 0.75
+
+
+def test_second_stage_starts_from_init_weights_and_tunes_only_the_last_layers(tmp_path, shapes_root):
+    """train.init_weights + model.trunk.trainable_layers: stage 2 starts from stage 1's
+    best.pt to the bit, moves only the trunk's last layers (a frozen layer's batch-norm
+    statistics too stay put, though zf5_small trains its statistics) and the heads, and its
+    checkpoints name every image the weights saw, stage 1's included."""
+    from spp_det.data import build_dataset
+    first = Trainer(make_cfg(tmp_path / "a", shapes_root, *PAPER, "solver.max_iter=3", "train.subset=[0,4]"),
+                    tmp_path / "a")
+    first.fit()
+    best = tmp_path / "a" / "checkpoints" / "best.pt"
+    start = load_checkpoint(best)["model"]
+    cfg = make_cfg(tmp_path / "b", shapes_root, "solver.max_iter=2", "model.trunk.trainable_layers=3",
+                   f"train.init_weights={best}", "train.subset=[4,8]")
+    second = Trainer(cfg, tmp_path / "b")
+    for k, v in second.model.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    second.fit()
+    after = second.model.state_dict()
+    # body modules 14-16 (conv5, its batch norm, ReLU) train; 0-13 are stage 1's (conv5's
+    # bias, 0, sits before a batch norm in training mode, which subtracts it: no gradient)
+    moved = {k for k in start if not torch.equal(after[k], start[k])}
+    assert {k for k in moved if k.startswith("trunk.")} == {
+        "trunk.body.14.weight", "trunk.body.15.weight", "trunk.body.15.bias",
+        "trunk.body.15.running_mean", "trunk.body.15.running_var", "trunk.body.15.num_batches_tracked"}
+    assert {"head.fc6.weight", "head.fc7.weight", "head.cls_score.weight"} <= moved
+    saw = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["train_images"]
+    assert saw == sorted(build_dataset(cfg.dataset, "train").digests()) and len(saw) == 8
+
+
+def test_init_weights_of_other_classes_is_one_clear_error(tmp_path, shapes_root):
+    first = Trainer(make_cfg(tmp_path / "a", shapes_root, *PAPER, "solver.max_iter=1"), tmp_path / "a")
+    first.fit()
+    best = tmp_path / "a" / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    save_checkpoint(best, {**ckpt, "classes": ckpt["classes"][:-1]})
+    with pytest.raises(SppDetError, match=f"{best}: train.init_weights has classes"):
+        Trainer(make_cfg(tmp_path / "b", shapes_root, f"train.init_weights={best}"), tmp_path / "b")

@@ -25,7 +25,8 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
     ``pretrained`` overrides cfg.trunk.pretrained (a checkpoint brings its own weights).
     ``train_trunk`` (the trainer passes ``train.finetune_conv``, the one switch for it)
     leaves the conv weights trainable, with batch-norm statistics fixed or not as
-    ``cfg.trunk.freeze_bn`` says; otherwise the trunk is frozen, statistics included.
+    ``cfg.trunk.freeze_bn`` says (only the last ``cfg.trunk.trainable_layers`` modules
+    when that is set); otherwise the trunk is frozen, statistics included.
     ``cfg.fc_init`` "imagenet" starts fc6/fc7 from the trunk's ImageNet classifier
     (``cfg.fc_weights_path`` or a download; skipped when ``pretrained`` is False)."""
     t = cfg.trunk
@@ -34,6 +35,8 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
                         mean=tuple(t.mean) if t.get("mean") else None, std=tuple(t.std) if t.get("std") else None)
     if train_trunk:
         trunk.set_bn_frozen(bool(t.get("freeze_bn", True)))
+        if t.get("trainable_layers") is not None:
+            trunk.train_last(int(t.trainable_layers))
     else:
         trunk.freeze(freeze_bn=True)
     net = SPPNet(trunk, num_classes, levels=tuple(cfg.levels), hidden=cfg.hidden, dropout=cfg.dropout,

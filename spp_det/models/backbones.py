@@ -100,6 +100,7 @@ class Trunk(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.bn_frozen = False
+        self.frozen_layers: list[nn.Module] = []  # train_last: these stay in eval mode (batch-norm statistics)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') of the map of an input of height x width pixels (padded up to
@@ -122,12 +123,28 @@ class Trunk(nn.Module):
         self.bn_frozen = freeze_bn
         return self
 
+    def train_last(self, n: int) -> "Trunk":
+        """Keep only the last ``n`` modules of the body trainable (torchvision's
+        ``trainable_backbone_layers``): the early layers carry generic edges and textures,
+        the last ones the semantics a detector re-learns; frozen layers cost no backward."""
+        layers = list(self.body.children())
+        if not 0 < n <= len(layers):
+            raise SppDetError(f"model.trunk.trainable_layers={n}: the {self.name} body has {len(layers)} modules")
+        self.frozen_layers = layers[:len(layers) - n]
+        for layer in self.frozen_layers:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+        return self
+
     def set_bn_frozen(self, frozen: bool) -> None:
         self.bn_frozen = frozen
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Trunk":
         super().train(mode)
+        for layer in self.frozen_layers:
+            layer.eval()
         if self.bn_frozen:
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

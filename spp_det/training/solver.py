@@ -10,18 +10,23 @@ from ..errors import SppDetError
 
 
 def param_groups(named_params, lr: float, weight_decay: float, bias_lr_mult: float = 1.0,
-                 bias_decay_mult: float = 1.0) -> list[dict]:
-    """Trainable parameters in two groups: weights, and biases with their own learning
+                 bias_decay_mult: float = 1.0, trunk_lr_mult: float = 1.0) -> list[dict]:
+    """Trainable parameters in groups: weights, and biases with their own learning
     rate and weight-decay multipliers (the released net: ``blobs_lr: 2``,
-    ``weight_decay: 0`` on every bias). ``named_params``: (name, Parameter) pairs."""
-    weights, biases = [], []
+    ``weight_decay: 0`` on every bias); the trunk's (``trunk.*``) apart when
+    ``trunk_lr_mult`` != 1 (pretrained conv layers tuned more gently than heads that start
+    random, as DETR's backbone learning rate). ``named_params``: (name, Parameter) pairs."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in named_params:
         if p.requires_grad:
-            (biases if name.endswith("bias") else weights).append(p)
-    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
-    if biases:
-        groups.append({"params": biases, "lr": lr * bias_lr_mult, "weight_decay": weight_decay * bias_decay_mult})
-    return groups
+            trunk = trunk_lr_mult != 1.0 and name.startswith("trunk.")
+            groups.setdefault((trunk, name.endswith("bias")), []).append(p)
+    out = []
+    for (trunk, bias), params in sorted(groups.items()):  # heads' weights first, then their biases
+        mult = trunk_lr_mult if trunk else 1.0
+        out.append({"params": params, "lr": lr * mult * (bias_lr_mult if bias else 1.0),
+                    "weight_decay": weight_decay * (bias_decay_mult if bias else 1.0)})
+    return out
 
 
 def build_solver(params, cfg: DictConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

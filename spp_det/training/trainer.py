@@ -26,6 +26,7 @@ from ..errors import SppDetError
 from ..inference.conv_maps import FeatureCache
 from ..inference.loader import loader_kwargs, resolve_workers
 from ..models import SPPNet, build_detector
+from ..models.checkpoint import load_checkpoint, load_weights
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .hooks import Checkpointer, Progress, RunLog, Validator, report_skipped
@@ -58,13 +59,16 @@ class Trainer:
         self.classes = full.classes
         self.train_images = sorted(full.digests())  # checked against test splits, here and in eval
         self.model: SPPNet = build_detector(cfg.model, len(self.classes), train_trunk=self.finetune).to(self.device)
+        if tc.get("init_weights"):  # the checkpoints record every image their weights saw
+            self.train_images = sorted(set(self.train_images) | set(self.init_weights(tc.init_weights)))
         self.store, self.ss = build_proposals(cfg.proposals)
         if self.ss is None:  # imported proposals: checkpoints name the file they came from by its digest
             cfg.proposals.sha1 = self.store.settings["sha1"]
         self.features = None if self.finetune else FeatureCache(tc.feature_cache, self.model,
                                                                 memory_mb=tc.get("feature_memory_mb", 1024))
         groups = param_groups(self.model.named_parameters(), cfg.solver.lr, cfg.solver.weight_decay,
-                              tc.get("bias_lr_mult", 1.0), tc.get("bias_decay_mult", 1.0))
+                              tc.get("bias_lr_mult", 1.0), tc.get("bias_decay_mult", 1.0),
+                              cfg.solver.get("trunk_lr_mult", 1.0))
         self.optimizer, self.scheduler = build_solver(groups, cfg.solver)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if torch.distributed.is_initialized() else None)
@@ -78,6 +82,25 @@ class Trainer:
         self.checkpoints = Checkpointer(out_dir / "checkpoints", self.model, self.optimizer, self.scheduler, cfg,
                                         self.classes, self.train_images, self.progress, self.rank, self.world,
                                         self.device)
+
+    def init_weights(self, path: str) -> list[str]:
+        """Start from another run's weights (``train.init_weights``): e.g. fc6/fc7 and the
+        heads trained on the frozen trunk's cached maps, then the trunk's last layers
+        fine-tuned together with them (Fast R-CNN's stage that tunes conv layers, started
+        from heads that already fit). Returns the images those weights were trained on."""
+        ckpt = load_checkpoint(path)
+        if list(ckpt["classes"]) != list(self.classes):
+            raise SppDetError(f"{path}: train.init_weights has classes {ckpt['classes']}, this run {self.classes}")
+        if ckpt.get("trunk") != self.model.trunk.name:
+            raise SppDetError(f"{path}: train.init_weights was trained on trunk {ckpt.get('trunk')}, this run builds "
+                              f"{self.model.trunk.name}")
+        try:
+            load_weights(self.model, ckpt["model"])
+        except RuntimeError as exc:  # another fc width, pyramid or number of classes
+            raise SppDetError(f"{path}: train.init_weights does not fit this run's model: {exc}") from exc
+        if self.rank == 0:
+            log.info("weights from %s (iteration %s)", path, ckpt.get("iteration"))
+        return list(ckpt.get("train_images", []))
 
     # ---- data (the work itself lives in training_data.py) --------------------------------
     def prepare_windows(self, dataset: DetectionDataset) -> list[ImageWindows]:
