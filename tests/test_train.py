@@ -370,6 +370,11 @@ def test_vflip_with_a_frozen_trunk_is_refused(tmp_path, shapes_root):
         Trainer(make_cfg(tmp_path, shapes_root, *PAPER, "train.vflip=true"), tmp_path / "run")
 
 
+def test_trainable_layers_with_a_frozen_trunk_is_refused(tmp_path, shapes_root):
+    with pytest.raises(SppDetError, match=r"^model.trunk.trainable_layers=2 needs train.finetune_conv=true"):
+        Trainer(make_cfg(tmp_path, shapes_root, *PAPER, "model.trunk.trainable_layers=2"), tmp_path / "run")
+
+
 def test_frozen_random_trunk_is_refused(tmp_path, shapes_root):
     cfg = make_cfg(tmp_path, shapes_root, "train=paper")
     with pytest.raises(SppDetError) as err:

@@ -25,7 +25,8 @@ from .sampling import ImageWindows, label_windows
 def check_frozen_trunk(cfg: DictConfig) -> None:
     """A frozen trunk must bring learned weights: frozen random conv features train
     without complaint and give a weak detector nobody asked for. Its maps come from the
-    cache, which holds upright images only (no ``vflip``)."""
+    cache, which holds upright images only (no ``vflip``), and none of its layers trains
+    (no ``trainable_layers``)."""
     t, tc = cfg.model.trunk, cfg.train
     if tc.get("rcnn") and (tc.finetune_conv or tc.flip or tc.get("classifier", "softmax") != "softmax"
                            or tc.get("bbox_reg", "learned") != "learned"):
@@ -35,6 +36,9 @@ def check_frozen_trunk(cfg: DictConfig) -> None:
     if tc.get("vflip") and not tc.finetune_conv:
         raise SppDetError("train.vflip=true needs train.finetune_conv=true: the conv-map cache of a frozen "
                           "trunk holds upright images only")
+    if t.get("trainable_layers") is not None and not tc.finetune_conv:
+        raise SppDetError(f"model.trunk.trainable_layers={t.trainable_layers} needs train.finetune_conv=true: "
+                          f"with a frozen trunk no layer of it trains")
     if tc.finetune_conv or t.get("pretrained") or t.get("weights_path") or tc.get("allow_random_frozen_trunk"):
         return
     raise SppDetError(
