@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from spp_det.models.checkpoint import load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
+from spp_det.models.checkpoint import check_fits, load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
 from spp_det.errors import SppDetError
 
 
@@ -15,6 +15,16 @@ def test_normalisation_recorded_in_the_checkpoint_is_checked(tmp_path, tiny_chec
     save_checkpoint(tmp_path / "odd.pt", {k: v for k, v in ckpt.items() if k != "format"})
     with pytest.raises(SppDetError, match=r"odd.pt: trained with normalization \{'mean': \[0.485"):
         model_from_checkpoint(load_checkpoint(tmp_path / "odd.pt"), path=tmp_path / "odd.pt")
+
+
+def test_check_fits_names_the_file_and_both_values_and_skips_keys_not_recorded():
+    ckpt = {"classes": ["cat", "dog"], "trunk": "zf5"}
+    check_fits(ckpt, "a.pt", "this run has", classes=["cat", "dog"], trunk="zf5", normalization={"mean": [0.5]})
+    with pytest.raises(SppDetError, match=r"^a.pt: trained with classes \['cat', 'dog'\], but this run has "
+                                          r"\['dog', 'cat'\]: this checkpoint does not fit$"):
+        check_fits(ckpt, "a.pt", "this run has", classes=["dog", "cat"], trunk="zf5")
+    with pytest.raises(SppDetError, match=r"trained with trunk zf5, but .* efficientnet_lite0"):
+        check_fits(ckpt, "a.pt", "this run has", classes=["cat", "dog"], trunk="efficientnet_lite0")
 
 
 def test_resume_path_rules(tmp_path):

@@ -24,7 +24,7 @@ from ..inference.loader import inference_workers
 from ..inference.api import Detector
 from ..inference.predict import detect_dataset, inference_settings, report_failures
 from ..models import RCNN
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import check_fits, load_checkpoint
 from .cli import run_dir
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def dataset_config(cfg: DictConfig, ckpt: dict | None) -> DictConfig:
 
 
 def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
-    if list(ckpt["classes"]) != list(dataset.classes):
-        raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from dataset "
-                          f"'{dataset.name}' classes {dataset.classes} (wrong checkpoint or dataset?)")
+    check_fits(ckpt, path, f"data set '{dataset.name}' has", classes=list(dataset.classes))
 
 
 def write_voc_submission(dataset: DetectionDataset, detections: list[dict], split: str, out_dir: Path,

@@ -39,15 +39,22 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
     # the input normalisation is not a weight: a code change of a trunk's default would
     # silently feed the learned weights other numbers, so the checkpoint's is checked
-    built = {"trunk": model.trunk.name, "normalization": {"mean": model.trunk.mean.flatten().tolist(),
-                                                          "std": model.trunk.std.flatten().tolist()}}
-    for key, value in built.items():
-        if key in ckpt and ckpt[key] != value:
-            raise SppDetError(f"{path or 'checkpoint'}: trained with {key} {ckpt[key]}, but its model config now "
-                              f"builds {value}: this checkpoint does not fit this version of the code")
+    check_fits(ckpt, path or "checkpoint", "its model config now builds",
+               trunk=model.trunk.name, normalization={"mean": model.trunk.mean.flatten().tolist(),
+                                                      "std": model.trunk.std.flatten().tolist()})
     load_weights(model, ckpt["model"])
     warn_unlearned(model, list(ckpt["classes"]), str(path or "checkpoint"))
     return model.to(device).eval()
+
+
+def check_fits(ckpt: dict[str, Any], path: str | Path, context: str, **expected: Any) -> None:
+    """One SppDetError naming the file when a checkpoint's recorded ``classes``, ``trunk`` or
+    ``normalization`` are not what this run or this code expects. A key the checkpoint does
+    not record (written by an older version) is not checked; its weights still are, on load."""
+    for key, value in expected.items():
+        if key in ckpt and ckpt[key] != value:
+            raise SppDetError(f"{path}: trained with {key} {ckpt[key]}, but {context} {value}: "
+                              f"this checkpoint does not fit")
 
 
 def warn_unlearned(model: SPPNet, classes: list[str], where: str) -> list[str]:

@@ -26,7 +26,7 @@ from ..evaluation.evaluate import evaluate
 from ..files import write_atomic
 from ..inference.predict import detect_dataset
 from ..models import RCNN, SPPNet
-from ..models.checkpoint import load_checkpoint, load_weights, resume_path, save_checkpoint
+from ..models.checkpoint import check_fits, load_checkpoint, load_weights, resume_path, save_checkpoint
 from ..proposals import ProposalStore, SelectiveSearchConfig
 from .batches import Batch
 from .sampling import WindowSampler
@@ -175,8 +175,7 @@ class Checkpointer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
-        if list(ckpt["classes"]) != list(self.classes):
-            raise SppDetError(f"{path}: checkpoint classes {ckpt['classes']} differ from {self.classes}")
+        check_fits(ckpt, path, "this run has", classes=list(self.classes))
         if "optimizer" not in ckpt:
             raise SppDetError(f"{path}: holds weights only (no optimizer state): cannot resume from it")
         if "rng" not in ckpt or "draws" not in ckpt:

@@ -26,7 +26,7 @@ from ..errors import SppDetError
 from ..inference.conv_maps import FeatureCache
 from ..inference.loader import loader_kwargs, resolve_workers
 from ..models import SPPNet, build_detector
-from ..models.checkpoint import load_checkpoint, load_weights
+from ..models.checkpoint import check_fits, load_checkpoint, load_weights
 from ..proposals import build_proposals
 from .batches import Batch, EndToEndBatches, FrozenBatches, PlanStream
 from .hooks import Checkpointer, Progress, RunLog, Validator, report_skipped
@@ -89,11 +89,8 @@ class Trainer:
         fine-tuned together with them (Fast R-CNN's stage that tunes conv layers, started
         from heads that already fit). Returns the images those weights were trained on."""
         ckpt = load_checkpoint(path)
-        if list(ckpt["classes"]) != list(self.classes):
-            raise SppDetError(f"{path}: train.init_weights has classes {ckpt['classes']}, this run {self.classes}")
-        if ckpt.get("trunk") != self.model.trunk.name:
-            raise SppDetError(f"{path}: train.init_weights was trained on trunk {ckpt.get('trunk')}, this run builds "
-                              f"{self.model.trunk.name}")
+        check_fits(ckpt, path, "train.init_weights: this run has", classes=list(self.classes),
+                   trunk=self.model.trunk.name)
         try:
             load_weights(self.model, ckpt["model"])
         except RuntimeError as exc:  # another fc width, pyramid or number of classes
