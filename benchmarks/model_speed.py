@@ -2,6 +2,7 @@
 the same image, windows and weights. Writes benchmarks/results/model_speed.json.
 
     python benchmarks/model_speed.py [--scale 688] [--windows 2000] [--rcnn-windows 64]
+    python benchmarks/model_speed.py --device cuda --rcnn-windows 2000 --rcnn-batch 256   # on a GPU
 
 SPP mode runs the trunk once and pools every window; R-CNN mode warps every window to
 224x224 and runs the trunk on each, so its time grows linearly with the window count: it
@@ -25,11 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int) -> float:
+    """Best wall time of fn over repeats, after one warm-up; GPU work is waited for (CUDA
+    runs asynchronously: without the synchronisation the clock would stop at the launch)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -40,6 +46,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=688)
     ap.add_argument("--windows", type=int, default=2000)
     ap.add_argument("--rcnn-windows", type=int, default=64)
+    ap.add_argument("--rcnn-batch", type=int, default=16, help="crops per trunk call in R-CNN mode (256 on a GPU)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
@@ -53,7 +60,9 @@ def main() -> None:
     wh = rng.uniform(20, 300, (args.windows, 2))
     boxes = torch.tensor(np.concatenate([xy, np.minimum(xy + wh, [w, h])], 1), dtype=torch.float32)
     result = {"image": [h, w], "scale": args.scale, "windows": args.windows, "threads": args.threads,
-              "device": args.device, "machine": machine_info(), "trunks": {}}
+              "rcnn_batch": args.rcnn_batch,
+              "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+              "machine": machine_info(), "trunks": {}}
     for name in args.trunks:
         cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
         cfg.scales = [args.scale]
@@ -64,7 +73,7 @@ def main() -> None:
             t_all = timed(lambda: model.detect_windows(image, boxes), args.repeats)
             sub = boxes[: args.rcnn_windows]
             t_spp_sub = timed(lambda: model.detect_windows(image, sub), args.repeats)
-            rcnn = RCNN(model, batch_size=16).eval()
+            rcnn = RCNN(model, batch_size=args.rcnn_batch).eval()
             t_rcnn_sub = timed(lambda: rcnn.detect_windows(image, sub), 1)
         per_window = t_rcnn_sub / len(sub)
         row = {"spp_seconds_per_image": round(t_all, 3), "trunk_seconds": round(t_trunk, 3),
