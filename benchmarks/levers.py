@@ -63,6 +63,12 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the voc2012_1800_lite0_block16 recipe)",
                            BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
                                     "solver.steps=[16000]"]),
+    # the paper's baseline on the same block, windows and schedule: R-CNN mode, its heads trained on
+    # warped-crop features (every foreground window + train.rcnn_bg_per_image background ones a photo,
+    # no flips: R-CNN fine-tuned without them), tested on the same windows in R-CNN mode
+    "b16_rcnn_20k": ("R-CNN mode on the block: heads trained on warped crops, dropout 0, no flips, 20k its",
+                     BLOCK + ["model.dropout=0", "train.rcnn=true", "train.flip=false", "solver.max_iter=20000",
+                              "solver.steps=[16000]"]),
     "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", ["model.dropout=0.5"]),
     "dilated_drop0": ("dilated Lite0, dropout 0, 2k its (the voc2012_1800_lite0 recipe)", ["model.dropout=0"]),
     "dilated_drop0_flip_4k": ("dilated Lite0, dropout 0, flips, 4k its", ["model.dropout=0", "train.flip=true",

@@ -1,6 +1,7 @@
 """Training iterations per second, measured from the run record (not part of pytest).
 
     python benchmarks/train_speed.py --name shapes --iters 300
+    python benchmarks/train_speed.py --name shapes_cuda --iters 100 --profile -- device=cuda
     python benchmarks/train_speed.py --name coco128_lite0 --iters 200 -- dataset=coco128 \
         model=efficientnet_lite0 proposals=ss_fast train=paper solver=frozen_short \
         'model.scales=[576]' 'model.train_scales=[480,576,688]' model.hidden=1024
@@ -8,7 +9,9 @@
 Runs ``Trainer.fit`` for ``--iters`` iterations with the given overrides (the default
 config otherwise) and reports iterations/s between the first logged step and the last, so
 set-up (proposals, the conv-map pass, worker start-up) is not counted. Run it twice for a
-warm cache. Writes ``benchmarks/results/train_speed_<name>.json``.
+warm cache. Writes ``benchmarks/results/train_speed_<name>.json``; with ``--profile`` also
+``train_speed_<name>_profile.txt``: torch.profiler's operators by self time (CPU, and CUDA
+on a GPU) over the whole run, to see where an iteration goes.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--profile", action="store_true", help="torch.profiler over the run (slows it)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     try:
@@ -44,7 +48,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         trainer = Trainer(cfg, Path(out))
-        trainer.fit()
+        if args.profile:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+            cuda = torch.cuda.is_available() and str(cfg.device).startswith("cuda")
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=activities) as prof:
+                trainer.fit()
+            tables = [prof.key_averages().table(sort_by=key, row_limit=25)
+                      for key in ["self_cpu_time_total"] + (["self_cuda_time_total"] if cuda else [])]
+        else:
+            trainer.fit()
         wall = time.perf_counter() - t0
     steps = [h for h in trainer.history if "loss" in h]
     first, last = steps[0], steps[-1]
@@ -57,6 +71,10 @@ def main() -> None:
     path = ROOT / "benchmarks" / "results" / f"train_speed_{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
+    if args.profile:
+        text = "\n\n".join(tables)
+        print(text)
+        path.with_name(f"train_speed_{args.name}_profile.txt").write_text(text)
 
 
 if __name__ == "__main__":

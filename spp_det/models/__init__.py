@@ -32,7 +32,8 @@ def build_detector(cfg: Any, num_classes: int, pretrained: bool | None = None,
     t = cfg.trunk
     trunk = build_trunk(t.name, pretrained=t.pretrained if pretrained is None else pretrained,
                         weights_path=t.get("weights_path"), width=t.get("width", 1.0), norm=t.get("norm", "lrn"),
-                        mean=tuple(t.mean) if t.get("mean") else None, std=tuple(t.std) if t.get("std") else None)
+                        mean=tuple(t.mean) if t.get("mean") else None, std=tuple(t.std) if t.get("std") else None,
+                        cudnn=t.get("cudnn"))
     if train_trunk:
         trunk.set_bn_frozen(bool(t.get("freeze_bn", True)))
         if t.get("trainable_layers") is not None:

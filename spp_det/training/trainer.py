@@ -194,7 +194,8 @@ class Trainer:
             raise SppDetError(f"loss became non-finite at iteration {self.progress.iteration} (this rank: "
                               f"{float(loss)}): lower solver.lr")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self.model.trunk.cudnn_context():  # the trunk's backward too, when it trains
+            loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         return cls.detach(), box.detach()
