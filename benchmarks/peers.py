@@ -11,7 +11,8 @@ photos per iteration, x0.1 after 80% of the budget) for ``--budget-s`` seconds o
 clock -- give it what the SPP-net recipe spent on conv maps and training. It is then run
 on the config's test split with the same test thresholds (``test.score_thresh``,
 ``test.nms_thresh``, ``test.max_per_image``) and scored by this project's evaluator.
-Each ``--spp`` metrics.json (an SPP-net run's, from train.py or eval.py) adds a row.
+Each ``--spp`` metrics.json (a run of this project, from train.py or eval.py: SPP-net, or
+R-CNN mode trained on warped crops with ``train.rcnn=true``) adds a row.
 Prints the table and writes ``benchmarks/results/peers_<name>.json`` with the CPU.
 """
 from __future__ import annotations
@@ -130,9 +131,13 @@ def test(model: FasterRCNN, dataset) -> tuple[list[dict], float]:
 
 
 def spp_row(path: Path) -> dict:
-    """A row from an SPP-net run's metrics.json."""
+    """A row from one of this project's runs' metrics.json (train.py or eval.py): SPP-net,
+    or R-CNN mode (``train.rcnn=true`` or ``eval.py rcnn=true``: warped crops, the paper's
+    baseline), named by the mode its metrics record."""
     m = json.loads(path.read_text())
-    return {"detector": f"SPP-net ({path.parent.name})", "mAP": m["mAP"], "AP": m["AP"],
+    mode = "R-CNN mode" if m.get("mode") == "rcnn" else "SPP-net"
+    windows = f", first {m['max_windows']} windows" if m.get("max_windows") else ""
+    return {"detector": f"{mode} ({path.parent.name}{windows})", "mAP": m["mAP"], "AP": m["AP"],
             "train_s": m.get("train_seconds"), "test_s_per_image": m.get("seconds_per_image"),
             "source": str(path)}
 
@@ -141,7 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
     ap.add_argument("--budget-s", type=float, required=True, help="Faster R-CNN's training wall clock")
-    ap.add_argument("--spp", type=Path, nargs="*", default=[], help="SPP-net metrics.json files (rows)")
+    ap.add_argument("--spp", type=Path, nargs="*", default=[], help="metrics.json files of this project's runs (rows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="train.py overrides: the data set and trunk")
     args = ap.parse_args()
