@@ -82,28 +82,34 @@ def _pairwise_max(a: tuple, b: tuple) -> tuple:
 
 
 def _range_max_tables(fmap: torch.Tensor, index: torch.Tensor | None,
-                      needed: set[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
-    """2-D sparse tables of one (H, W, C) channels-last map: table (a, b) holds, at (y, x),
-    the max over rows [y, y + 2^a) and columns [x, x + 2^b), and, when ``index`` (the
-    flat position of every element, same shape) is given, where that max is. Only the
-    (a, b) in ``needed`` are built. Channels last, so that gathering one cell reads C
+                      needed: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """2-D sparse tables of (B, H, W, C) channels-last maps, stacked: slot s of the result
+    (S, B, H, W, C) is table ``needed[s]`` = (a, b), holding at (y, x) the max over rows
+    [y, y + 2^a) and columns [x, x + 2^b); with ``index`` (the flat position of every
+    element, same shape as ``fmap``) also where that max is. Positions past the last
+    full block are padding, never read. Channels last, so that gathering one cell reads C
     contiguous values."""
+    bsz, h, w, c = fmap.shape
+    values = fmap.new_empty((len(needed), bsz, h, w, c))
+    where = None if index is None else index.new_empty((len(needed), bsz, h, w, c))
     rows = {0: (fmap, index)}
     for a in range(1, max(a for a, _ in needed) + 1):
         prev, step = rows[a - 1], 1 << (a - 1)
-        rows[a] = _pairwise_max(tuple(t[:-step] if t is not None else None for t in prev),
-                                tuple(t[step:] if t is not None else None for t in prev))
-    tables: dict[tuple[int, int], tuple] = {}
-    for a in {a for a, _ in needed}:
+        rows[a] = _pairwise_max(tuple(t[:, :-step] if t is not None else None for t in prev),
+                                tuple(t[:, step:] if t is not None else None for t in prev))
+    for a in sorted({a for a, _ in needed}):
         cols = {0: rows[a]}
         for b in range(1, max(b for aa, b in needed if aa == a) + 1):
             prev, step = cols[b - 1], 1 << (b - 1)
-            cols[b] = _pairwise_max(tuple(t[:, :-step] if t is not None else None for t in prev),
-                                    tuple(t[:, step:] if t is not None else None for t in prev))
-        for aa, b in needed:
+            cols[b] = _pairwise_max(tuple(t[:, :, :-step] if t is not None else None for t in prev),
+                                    tuple(t[:, :, step:] if t is not None else None for t in prev))
+        for slot, (aa, b) in enumerate(needed):
             if aa == a:
-                tables[(a, b)] = cols[b]
-    return tables
+                v, i = cols[b]
+                values[slot, :, :v.shape[1], :v.shape[2]] = v
+                if where is not None:
+                    where[slot, :, :v.shape[1], :v.shape[2]] = i
+    return values, where
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -244,42 +250,37 @@ class SpatialPyramidPooling(nn.Module):
     def _pool_tables(self, features: torch.Tensor, windows: torch.Tensor, n: int,
                      with_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(K, n, n, C) maxima of level n; with ``with_index`` also (values, flat positions
-        of the maxima in ``features``)."""
-        k, (_, c, h, w), nb = windows.shape[0], features.shape, n * n
+        of the maxima in ``features``). The tables of every image and every block size the
+        bins need are built at once and stacked, so the lookup is four gathers whatever the
+        windows: no loop over images or block sizes, whose steps each cost kernel launches
+        and a synchronisation on a GPU (one remains: which block sizes are needed)."""
+        k, (bsz, c, h, w), nb = windows.shape[0], features.shape, n * n
         ys, ye, xs, xe = (t.reshape(-1) for t in self.bin_edges(windows, n))
         batch = windows[:, 0].repeat_interleave(nb)
         a, b = _floor_log2(ye - ys), _floor_log2(xe - xs)
-        order, pieces, where = [], [], []
-        if with_index:  # flat position of element (bi, ch, y, x) of features, laid out (H, W, C)
+        keys = (a * 64 + b).unique()
+        needed = [divmod(key, 64) for key in keys.tolist()]
+        index = None
+        if with_index:  # flat position of element (bi, ch, y, x) of features, laid out (B, H, W, C)
             # int32 halves the bytes the tables move (positions stay < 2^31 for any map
             # that fits in memory); torch.take wants int64, converted once at the end
-            base = (torch.arange(c, device=features.device, dtype=torch.int32) * (h * w))[None, None, :] + \
-                (torch.arange(h * w, device=features.device, dtype=torch.int32).view(h, w, 1))
-        for bi in batch.unique().tolist():
-            in_batch = batch == bi
-            groups = [divmod(g, 64) for g in (a[in_batch] * 64 + b[in_batch]).unique().tolist()]
-            index = base + bi * c * h * w if with_index else None
-            tables = _range_max_tables(features[bi].permute(1, 2, 0).contiguous(), index,
-                                       {(ga, gb) for ga, gb in groups})
-            for ga, gb in groups:
-                sel = (in_batch & (a == ga) & (b == gb)).nonzero().squeeze(1)
-                vt, it = tables[(ga, gb)]
-                y0, y1 = ys[sel], ye[sel] - (1 << ga)
-                x0, x1 = xs[sel], xe[sel] - (1 << gb)
+            dev, i32 = features.device, torch.int32
+            index = (torch.arange(bsz, device=dev, dtype=i32) * (c * h * w)).view(bsz, 1, 1, 1) + \
+                torch.arange(h * w, device=dev, dtype=i32).view(1, h, w, 1) + \
+                (torch.arange(c, device=dev, dtype=i32) * (h * w)).view(1, 1, 1, c)
+        vt, it = _range_max_tables(features.permute(0, 2, 3, 1), index, needed)
+        slot = torch.searchsorted(keys, a * 64 + b)  # keys are sorted: each bin's table
+        y0, y1 = ys, ye - (1 << a)
+        x0, x1 = xs, xe - (1 << b)
 
-                def corner(y, x):
-                    return vt[y, x], (it[y, x] if it is not None else None)
-                m = _pairwise_max(_pairwise_max(corner(y0, x0), corner(y1, x0)),
-                                  _pairwise_max(corner(y0, x1), corner(y1, x1)))  # (M, C)
-                order.append(sel)
-                pieces.append(m[0])
-                where.append(m[1])
-        # one gather puts the grouped bins back in (window, bin) order
-        back = torch.argsort(torch.cat(order))
-        values = torch.cat(pieces)[back].view(k, n, n, c)
+        def corner(y, x):
+            return vt[slot, batch, y, x], (it[slot, batch, y, x] if it is not None else None)
+        m = _pairwise_max(_pairwise_max(corner(y0, x0), corner(y1, x0)),
+                          _pairwise_max(corner(y0, x1), corner(y1, x1)))  # (K * n * n, C)
+        values = m[0].view(k, n, n, c)
         if not with_index:
             return values
-        return values, torch.cat(where)[back].long().view(k, n, n, c)
+        return values, m[1].long().view(k, n, n, c)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
