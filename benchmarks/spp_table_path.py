@@ -1,4 +1,5 @@
-"""The pyramid's table path (what runs on a GPU, or on a CPU without numba): time and
+"""The pyramid's table path (what runs on a GPU, or on a CPU without numba), called once per
+map as the detector calls it: time and
 number of operators dispatched (all, and those that compute rather than make a view), for a training mini-batch (forward + backward) and for one
 photo's windows at test time. On a GPU every operator is at least one kernel launch, so the
 count is what a GPU pays beyond the arithmetic; it is measured on any device.
@@ -39,13 +40,19 @@ def windows(gen: torch.Generator, k: int, images: int, h: int, w: int) -> torch.
     return torch.stack([torch.randint(0, images, (k,), generator=gen), x1, y1, x2, y2], 1)
 
 
-def measure(spp: torch.nn.Module, feats: torch.Tensor, wins: torch.Tensor, grad: bool, repeats: int) -> dict:
-    sync = torch.cuda.synchronize if feats.is_cuda else (lambda: None)
+def pooled(spp: torch.nn.Module, maps: list[torch.Tensor], wins: list[torch.Tensor]) -> torch.Tensor:
+    """One call per map, as SPPNet.pool_cells makes them: (1, C, H, W) and its windows."""
+    return torch.cat([spp(m[None], w) for m, w in zip(maps, wins)])
+
+
+def measure(spp: torch.nn.Module, maps: list[torch.Tensor], wins: list[torch.Tensor], grad: bool,
+            repeats: int) -> dict:
+    sync = torch.cuda.synchronize if maps[0].is_cuda else (lambda: None)
 
     def once():
-        x = feats.detach().requires_grad_(grad)
+        xs = [m.detach().requires_grad_(grad) for m in maps]
         with torch.set_grad_enabled(grad):
-            out = spp(x, wins)
+            out = pooled(spp, xs, wins)
             if grad:
                 out.sum().backward()
         sync()
@@ -69,22 +76,25 @@ def main() -> None:
     ap.add_argument("--compare", type=Path, default=None)
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
-    # the dilated Lite0 at 480 px: 1280 channels, 30 x 40 cells; training: 2 photos x 64 windows
-    cases = {"train_2x64_fwd_bwd": (torch.randn(2, 1280, 30, 40, generator=gen), windows(gen, 128, 2, 30, 40), True),
-             "test_1x1200": (torch.randn(1, 1280, 30, 40, generator=gen), windows(gen, 1200, 1, 30, 40), False)}
-    versions = {"this": SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)}
+    # the dilated Lite0 at 480 px: 1280 channels, 30 x 40 cells, stored channels first as the
+    # conv-map cache gives them; training: 2 photos x 64 windows; test: one photo's 1,200
+    maps = [torch.randn(1280, 30, 40, generator=gen) for _ in range(2)]
+    cases = {"train_2x64_fwd_bwd": (maps, [windows(gen, 64, 1, 30, 40) for _ in maps], True),
+             "test_1x1200": (maps[:1], [windows(gen, 1200, 1, 30, 40)], False)}
+    # loop_below=0: the tables however few the windows, as on a GPU (a CPU loops below 64)
+    versions = {"this": SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False, loop_below=0)}
     if args.compare:
         spec = importlib.util.spec_from_file_location("spp_compare", args.compare)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        versions[str(args.compare)] = mod.SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)
+        versions[str(args.compare)] = mod.SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)  # as it ran
     result = {"device": args.device, "machine": machine_info(), "cases": {}}
-    for case, (feats, wins, grad) in cases.items():
-        feats, wins = feats.to(args.device), wins.to(args.device)
+    for case, (maps, wins, grad) in cases.items():
+        maps, wins = [m.to(args.device) for m in maps], [w.to(args.device) for w in wins]
         outs = {}
         for name, spp in versions.items():
-            row = measure(spp, feats, wins, grad, args.repeats)
-            outs[name] = spp(feats, wins)
+            row = measure(spp, maps, wins, grad, args.repeats)
+            outs[name] = pooled(spp, maps, wins)
             result["cases"].setdefault(case, {})[name] = row
             print(f"{case:>20} {name:>24}: {row['seconds']:.4f} s, {row['aten_ops']} aten ops, "
                   f"{row['computing_ops']} of them computing")

@@ -68,3 +68,14 @@ def save_torch_atomic(path: str | Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, buffer.getvalue())
+
+
+def load_torch_file(path: str | Path, what: str) -> object:
+    """torch.load (tensors and plain containers only) with one clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SppDetError(f"{path}: {what} file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise SppDetError(f"{path}: cannot read {what} file ({exc})") from exc

@@ -134,12 +134,19 @@ def test_cudnn_is_off_while_a_lite_trunk_runs_and_only_then():
               "lite0": build_trunk("efficientnet_lite0"),
               "lite0 cudnn=True": build_trunk("efficientnet_lite0", cudnn=True),
               "zf5 cudnn=False": build_trunk("zf5", width=0.25, norm="bn", cudnn=False)}
-    for name, trunk in trunks.items():
-        trunk.body.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, torch.backends.cudnn.enabled))
-        with torch.no_grad():
-            trunk.eval()(torch.zeros(1, 3, 64, 64))
-        assert torch.backends.cudnn.enabled
-    assert seen == {"zf5": True, "lite0": False, "lite0 cudnn=True": True, "zf5 cudnn=False": False}
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # a user's other cuDNN setting: left alone
+    try:
+        for name, trunk in trunks.items():
+            trunk.body.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(
+                name, (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark)))
+            with torch.no_grad():
+                trunk.eval()(torch.zeros(1, 3, 64, 64))
+            assert torch.backends.cudnn.enabled
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    assert seen == {"zf5": (True, True), "lite0": (False, True), "lite0 cudnn=True": (True, True),
+                    "zf5 cudnn=False": (False, True)}
 
 
 def test_bad_names_and_files(tmp_path):

@@ -13,18 +13,23 @@ def test_normalisation_recorded_in_the_checkpoint_is_checked(tmp_path, tiny_chec
     assert torch.equal(model.trunk.mean.flatten(), torch.tensor([0.5] * 3))
     ckpt["normalization"]["mean"] = [0.485, 0.456, 0.406]  # what the code would build after a change
     save_checkpoint(tmp_path / "odd.pt", {k: v for k, v in ckpt.items() if k != "format"})
-    with pytest.raises(SppDetError, match=r"odd.pt: trained with normalization \{'mean': \[0.485"):
+    with pytest.raises(SppDetError, match=r"odd.pt: trained with normalization \{'mean': \[0.485"
+                                          r".*does not fit this version of the code"):
         model_from_checkpoint(load_checkpoint(tmp_path / "odd.pt"), path=tmp_path / "odd.pt")
 
 
-def test_check_fits_names_the_file_and_both_values_and_skips_keys_not_recorded():
+def test_check_fits_names_the_file_and_both_values_and_a_key_not_recorded():
     ckpt = {"classes": ["cat", "dog"], "trunk": "zf5"}
-    check_fits(ckpt, "a.pt", "this run has", classes=["cat", "dog"], trunk="zf5", normalization={"mean": [0.5]})
+    check_fits(ckpt, "a.pt", "this run has", classes=["cat", "dog"], trunk="zf5")
     with pytest.raises(SppDetError, match=r"^a.pt: trained with classes \['cat', 'dog'\], but this run has "
-                                          r"\['dog', 'cat'\]: this checkpoint does not fit$"):
-        check_fits(ckpt, "a.pt", "this run has", classes=["dog", "cat"], trunk="zf5")
+                                          r"\['dog', 'cat'\]: this checkpoint does not fit \(hint\)$"):
+        check_fits(ckpt, "a.pt", "this run has", hint=" (hint)", classes=["dog", "cat"], trunk="zf5")
     with pytest.raises(SppDetError, match=r"trained with trunk zf5, but .* efficientnet_lite0"):
         check_fits(ckpt, "a.pt", "this run has", classes=["cat", "dog"], trunk="efficientnet_lite0")
+    # a key the file does not record: an error, unless optional (files from before the key)
+    with pytest.raises(SppDetError, match=r"^a.pt: the checkpoint does not record its normalization"):
+        check_fits(ckpt, "a.pt", "this run has", normalization={"mean": [0.5]})
+    check_fits(ckpt, "a.pt", "this run has", optional=("normalization",), normalization={"mean": [0.5]})
 
 
 def test_resume_path_rules(tmp_path):

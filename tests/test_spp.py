@@ -228,6 +228,34 @@ def test_gradients_equal_the_crop_wise_reference_and_duplicates_count_twice(n_wi
     assert a.grad.abs().sum() > 0
 
 
+def test_table_path_with_ties_an_image_without_windows_and_channels_first_maps():
+    """The table path (a GPU's, or no numba) on three maps, the middle one without any
+    window, stored channels first (as cached maps arrive): values with ties everywhere
+    equal the brute force; with continuous values the gradient equals the crop-wise
+    reference's and the middle map gets none."""
+    gen = torch.Generator().manual_seed(5)
+    spp = SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)
+    wins = random_windows(gen, 150, 3, 14, 21)
+    wins[:, 0] = torch.where(wins[:, 0] == 1, 2, wins[:, 0])  # no window on map 1
+    ties = torch.randint(0, 3, (3, 6, 14, 21), generator=gen).float()
+    assert torch.equal(spp(ties, wins), brute_force_spp(ties, wins, (6, 3, 2, 1)))
+    feats = torch.randn(3, 6, 14, 21, generator=gen, dtype=torch.float64)
+    weights = torch.randn(len(wins), 6 * 50, generator=gen, dtype=torch.float64)
+    a, b = feats.clone().requires_grad_(True), feats.clone().requires_grad_(True)
+    (spp(a, wins) * weights).sum().backward()
+    ref = torch.stack([torch.cat([F.adaptive_max_pool2d(b[bi, :, y1:y2 + 1, x1:x2 + 1], n).reshape(-1)
+                                  for n in (6, 3, 2, 1)]) for bi, x1, y1, x2, y2 in wins.tolist()])
+    (ref * weights).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=0)
+    assert a.grad[1].abs().sum() == 0 and a.grad[0].abs().sum() > 0 and a.grad[2].abs().sum() > 0
+    # a GPU's choice (tables however few the windows; a CPU loops below 64): the same gradient
+    few, c = wins[:10], feats.clone().requires_grad_(True)
+    (SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False, loop_below=0)(c, few) * weights[:10]).sum().backward()
+    d = feats.clone().requires_grad_(True)
+    (SpatialPyramidPooling((6, 3, 2, 1), use_kernel=False)(d, few) * weights[:10]).sum().backward()
+    assert torch.allclose(c.grad, d.grad, atol=1e-9, rtol=0) and c.grad.abs().sum() > 0
+
+
 def test_kernel_breaks_ties_like_adaptive_max_pool():
     """On equal maxima the gradient goes to the first in (row, column) order, the element
     ``adaptive_max_pool2d`` picks, so even maps with many ties train identically."""

@@ -53,7 +53,8 @@ def dataset_config(cfg: DictConfig, ckpt: dict | None) -> DictConfig:
 
 
 def check_classes(ckpt: dict, dataset: DetectionDataset, path: str) -> None:
-    check_fits(ckpt, path, f"data set '{dataset.name}' has", classes=list(dataset.classes))
+    check_fits(ckpt, path, f"data set '{dataset.name}' has", hint=" (wrong checkpoint or dataset?)",
+               classes=list(dataset.classes))
 
 
 def write_voc_submission(dataset: DetectionDataset, detections: list[dict], split: str, out_dir: Path,

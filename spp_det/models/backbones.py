@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import SppDetError
+from ..files import load_torch_file
 from .efficientnet_lite import dilated_lite, lite_weights_from_package
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,11 +120,18 @@ class Trunk(nn.Module):
         with self.cudnn_context():
             return self.body(x.contiguous(memory_format=torch.channels_last))
 
-    def cudnn_context(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def cudnn_context(self):
         """cuDNN off while this trunk runs (forward; the trainer's backward) unless ``cudnn``: it
         plans each layer anew for each new input shape, which made Lite's conv-map pass 190x
-        slower on an H200 (4.2 s per image against 0.022 s, benchmarks/conv_map_speed.py)."""
-        return contextlib.nullcontext() if self.cudnn else torch.backends.cudnn.flags(enabled=False)
+        slower on an H200 (4.2 s per image against 0.022 s, benchmarks/conv_map_speed.py).
+        Only that flag changes (``cudnn.flags`` would also reset every CUDA matmul's precision)."""
+        was = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = was and self.cudnn
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.enabled = was
 
     def freeze(self, freeze_bn: bool = True) -> "Trunk":
         """Freeze all conv weights (the paper's setting); ``freeze_bn`` also keeps
@@ -185,17 +193,6 @@ def _zf5(width: float, norm: str) -> tuple[nn.Module, int, list[nn.Module]]:
     lrn = [nn.LocalResponseNorm(3, alpha=5e-5, beta=0.75)] if norm == "lrn" else []
     body = nn.Sequential(*l1, *lrn, pool1, *l2, *lrn, pool2, *l3, *l4, *l5)
     return body, c[4], [conv1, pool1, conv2, pool2, conv3, conv4, conv5]
-
-
-def load_torch_file(path: str | Path, what: str) -> object:
-    """torch.load (tensors and plain containers only) with one clear error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SppDetError(f"{path}: {what} file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise SppDetError(f"{path}: cannot read {what} file ({exc})") from exc
 
 
 def _load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> None:

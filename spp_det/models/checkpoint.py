@@ -10,9 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import SppDetError
-from ..files import save_torch_atomic
+from ..files import load_torch_file, save_torch_atomic
 from . import SPPNet, build_detector
-from .backbones import load_torch_file
 
 FORMAT = "spp_det/1"
 log = logging.getLogger(__name__)
@@ -39,22 +38,28 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
     # the input normalisation is not a weight: a code change of a trunk's default would
     # silently feed the learned weights other numbers, so the checkpoint's is checked
-    check_fits(ckpt, path or "checkpoint", "its model config now builds",
-               trunk=model.trunk.name, normalization={"mean": model.trunk.mean.flatten().tolist(),
+    check_fits(ckpt, path or "checkpoint", "its model config now builds", optional=("trunk", "normalization"),
+               hint=" this version of the code", trunk=model.trunk.name, normalization={"mean": model.trunk.mean.flatten().tolist(),
                                                       "std": model.trunk.std.flatten().tolist()})
     load_weights(model, ckpt["model"])
     warn_unlearned(model, list(ckpt["classes"]), str(path or "checkpoint"))
     return model.to(device).eval()
 
 
-def check_fits(ckpt: dict[str, Any], path: str | Path, context: str, **expected: Any) -> None:
+def check_fits(ckpt: dict[str, Any], path: str | Path, context: str, optional: tuple[str, ...] = (),
+               hint: str = "", **expected: Any) -> None:
     """One SppDetError naming the file when a checkpoint's recorded ``classes``, ``trunk`` or
-    ``normalization`` are not what this run or this code expects. A key the checkpoint does
-    not record (written by an older version) is not checked; its weights still are, on load."""
+    ``normalization`` are not what this run or this code expects, or when it does not
+    record one of them, unless that key is ``optional`` (files from versions before it)."""
     for key, value in expected.items():
-        if key in ckpt and ckpt[key] != value:
-            raise SppDetError(f"{path}: trained with {key} {ckpt[key]}, but {context} {value}: "
-                              f"this checkpoint does not fit")
+        if key not in ckpt:
+            if key in optional:
+                continue
+            raise SppDetError(f"{path}: the checkpoint does not record its {key}, so it cannot be checked "
+                              f"against {context} {value}")
+        if ckpt[key] != value:
+            raise SppDetError(f"{path}: trained with {key} {ckpt[key]}, but {context} {value}: this checkpoint "
+                              f"does not fit{hint}")
 
 
 def warn_unlearned(model: SPPNet, classes: list[str], where: str) -> list[str]:

@@ -87,28 +87,30 @@ def _range_max_tables(fmap: torch.Tensor, index: torch.Tensor | None,
     (S, B, H, W, C) is table ``needed[s]`` = (a, b), holding at (y, x) the max over rows
     [y, y + 2^a) and columns [x, x + 2^b); with ``index`` (the flat position of every
     element, same shape as ``fmap``) also where that max is. Positions past the last
-    full block are padding, never read. Channels last, so that gathering one cell reads C
+    full block are padding, never read. Only two row tables and two column tables are
+    alive at a time besides the result. Channels last, so that gathering one cell reads C
     contiguous values."""
     bsz, h, w, c = fmap.shape
     values = fmap.new_empty((len(needed), bsz, h, w, c))
     where = None if index is None else index.new_empty((len(needed), bsz, h, w, c))
-    rows = {0: (fmap, index)}
-    for a in range(1, max(a for a, _ in needed) + 1):
-        prev, step = rows[a - 1], 1 << (a - 1)
-        rows[a] = _pairwise_max(tuple(t[:, :-step] if t is not None else None for t in prev),
-                                tuple(t[:, step:] if t is not None else None for t in prev))
-    for a in sorted({a for a, _ in needed}):
-        cols = {0: rows[a]}
-        for b in range(1, max(b for aa, b in needed if aa == a) + 1):
-            prev, step = cols[b - 1], 1 << (b - 1)
-            cols[b] = _pairwise_max(tuple(t[:, :, :-step] if t is not None else None for t in prev),
-                                    tuple(t[:, :, step:] if t is not None else None for t in prev))
-        for slot, (aa, b) in enumerate(needed):
-            if aa == a:
-                v, i = cols[b]
-                values[slot, :, :v.shape[1], :v.shape[2]] = v
+
+    def halve(t: tuple, dim: int, step: int) -> tuple:  # max of each block and its neighbour step away
+        return _pairwise_max(tuple(x.narrow(dim, 0, x.shape[dim] - step) if x is not None else None for x in t),
+                             tuple(x.narrow(dim, step, x.shape[dim] - step) if x is not None else None for x in t))
+    row = (fmap, index)
+    for a in range(max(a for a, _ in needed) + 1):
+        if a > 0:
+            row = halve(row, 1, 1 << (a - 1))
+        wanted = {b: slot for slot, (aa, b) in enumerate(needed) if aa == a}
+        col = row
+        for b in range(max(wanted, default=-1) + 1):
+            if b > 0:
+                col = halve(col, 2, 1 << (b - 1))
+            if b in wanted:
+                v, i = col
+                values[wanted[b], :, :v.shape[1], :v.shape[2]] = v
                 if where is not None:
-                    where[slot, :, :v.shape[1], :v.shape[2]] = i
+                    where[wanted[b], :, :v.shape[1], :v.shape[2]] = i
     return values, where
 
 
@@ -166,11 +168,12 @@ class SpatialPyramidPooling(nn.Module):
     so every path equals the crop-wise reference.
     """
 
-    def __init__(self, levels: tuple[int, ...] = (6, 3, 2, 1), use_kernel: bool = True) -> None:
+    def __init__(self, levels: tuple[int, ...] = (6, 3, 2, 1), use_kernel: bool = True, loop_below: int = 64) -> None:
         super().__init__()
         self.levels = tuple(int(n) for n in levels)
         self.finest = max(self.levels)
         self.use_kernel = use_kernel
+        self.loop_below = loop_below  # a CPU's differentiable pooling of fewer windows: a per-window loop
 
     @property
     def bins(self) -> int:
@@ -239,8 +242,10 @@ class SpatialPyramidPooling(nn.Module):
         argmax elements (what a max pool's backward is). Few windows: a per-window crop +
         ``adaptive_max_pool2d`` loop, whose fixed cost is lower. Forward + backward on a
         64 x 25 x 33 map, 2 CPU threads: 16 windows 1.8 vs 3.5 ms, 64: 7.2 vs 6.7 ms,
-        512: 60 vs 29 ms (loop vs tables; benchmarks in the closing note of issue 9)."""
-        if len(windows) < 64:
+        512: 60 vs 29 ms (loop vs tables; benchmarks in the closing note of issue 9). On a
+        GPU always the tables: each loop step there is a few kernel launches
+        (``loop_below=0`` gives a CPU the GPU's choice, for benchmarks/spp_table_path.py)."""
+        if len(windows) < self.loop_below and not features.is_cuda:
             return torch.stack([F.adaptive_max_pool2d(features[b, :, y1:y2 + 1, x1:x2 + 1], n)
                                 for b, x1, y1, x2, y2 in windows.tolist()]).permute(0, 2, 3, 1)
         with torch.no_grad():
@@ -261,19 +266,18 @@ class SpatialPyramidPooling(nn.Module):
         keys = (a * 64 + b).unique()
         needed = [divmod(key, 64) for key in keys.tolist()]
         index = None
-        if with_index:  # flat position of element (bi, ch, y, x) of features, laid out (B, H, W, C)
-            # int32 halves the bytes the tables move (positions stay < 2^31 for any map
-            # that fits in memory); torch.take wants int64, converted once at the end
-            dev, i32 = features.device, torch.int32
-            index = (torch.arange(bsz, device=dev, dtype=i32) * (c * h * w)).view(bsz, 1, 1, 1) + \
-                torch.arange(h * w, device=dev, dtype=i32).view(1, h, w, 1) + \
-                (torch.arange(c, device=dev, dtype=i32) * (h * w)).view(1, 1, 1, c)
-        vt, it = _range_max_tables(features.permute(0, 2, 3, 1), index, needed)
+        if with_index:  # flat position in features (B, C, H, W) of each element, arranged (B, H, W, C)
+            # int32 halves the bytes the tables move; torch.take wants int64, converted once at the end
+            dev, dt = features.device, torch.int32 if features.numel() < 2 ** 31 else torch.int64
+            index = (torch.arange(bsz, device=dev, dtype=dt) * (c * h * w)).view(bsz, 1, 1, 1) + \
+                torch.arange(h * w, device=dev, dtype=dt).view(1, h, w, 1) + \
+                (torch.arange(c, device=dev, dtype=dt) * (h * w)).view(1, 1, 1, c)
+        vt, it = _range_max_tables(features.permute(0, 2, 3, 1).contiguous(), index, needed)
         slot = torch.searchsorted(keys, a * 64 + b)  # keys are sorted: each bin's table
         y0, y1 = ys, ye - (1 << a)
         x0, x1 = xs, xe - (1 << b)
 
-        def corner(y, x):
+        def corner(y: torch.Tensor, x: torch.Tensor) -> tuple:
             return vt[slot, batch, y, x], (it[slot, batch, y, x] if it is not None else None)
         m = _pairwise_max(_pairwise_max(corner(y0, x0), corner(y1, x0)),
                           _pairwise_max(corner(y0, x1), corner(y1, x1)))  # (K * n * n, C)
