@@ -1,11 +1,12 @@
 """Seconds per image of the conv-map pass (the frozen trunk at every training scale, the
 image and its mirror), on the CPU or a GPU. On a GPU, cuDNN makes a plan for each new input
 shape, and a data set's images come in many shapes (the shapes set: 356 sizes among 360
-images), so the GPU rows are also run with cuDNN off (PyTorch's own CUDA kernels).
+images), so on a GPU compare ``--cudnn on`` with ``off`` (PyTorch's own CUDA kernels);
+``auto`` is the trunk's own choice (``model.trunk.cudnn: null``: off for the Lite trunks).
 
-    python benchmarks/conv_map_speed.py [--device cuda] [--images 12] [--no-cudnn]
+    python benchmarks/conv_map_speed.py [--device cuda] [--images 12] [--cudnn auto|on|off]
 
-Writes benchmarks/results/conv_map_speed_<device>[_nocudnn].json (or --out).
+Writes benchmarks/results/conv_map_speed_<device>_cudnn_<choice>.json (or --out).
 """
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0_shapes", help="a configs/model/<name>.yaml")
     ap.add_argument("--scales", type=int, nargs="+", default=None, help="default: the model's train_scales")
     ap.add_argument("--image-dir", default=str(ROOT / "data" / "shapes"))
-    ap.add_argument("--no-cudnn", action="store_true")
+    ap.add_argument("--cudnn", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.backends.cudnn.enabled = not args.no_cudnn
     cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{args.model}.yaml")
+    cfg.trunk.cudnn = {"auto": None, "on": True, "off": False}[args.cudnn]
     scales = tuple(args.scales or cfg.train_scales)
     model = build_detector(cfg, num_classes=20, pretrained=False).to(args.device).eval()
     paths = sorted(Path(args.image_dir).rglob("*.jpg"))[: args.images]
@@ -53,7 +54,8 @@ def main() -> None:
             sync()
             seconds.append(time.perf_counter() - t0)
     half = len(seconds) // 2
-    result = {"device": args.device, "cudnn": not args.no_cudnn, "model": args.model, "scales": list(scales),
+    result = {"device": args.device, "cudnn": args.cudnn, "trunk_cudnn": model.trunk.cudnn, "model": args.model,
+              "scales": list(scales),
               "images": len(images), "distinct_sizes": len({im.shape for im in images}),
               "first_image_s": round(seconds[0], 3),
               "mean_s_per_image_after_first": round(float(np.mean(seconds[1:])), 3),
@@ -61,7 +63,7 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "machine": machine_info()}
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
-    tag = args.device.split(":")[0] + ("_nocudnn" if args.no_cudnn else "")
+    tag = f"{args.device.split(':')[0]}_cudnn_{args.cudnn}"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"conv_map_speed_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
