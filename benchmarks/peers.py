@@ -13,7 +13,9 @@ on the config's test split with the same test thresholds (``test.score_thresh``,
 ``test.nms_thresh``, ``test.max_per_image``) and scored by this project's evaluator.
 Each ``--spp`` metrics.json (a run of this project, from train.py or eval.py: SPP-net, or
 R-CNN mode trained on warped crops with ``train.rcnn=true``) adds a row.
-Prints the table and writes ``benchmarks/results/peers_<name>.json`` with the CPU.
+``--budget-s 0`` trains no Faster R-CNN: the table of the given runs alone (e.g. SPP-net
+against R-CNN mode). Prints the table and writes ``benchmarks/results/peers_<name>.json``
+with the CPU.
 """
 from __future__ import annotations
 
@@ -145,7 +147,7 @@ def spp_row(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
-    ap.add_argument("--budget-s", type=float, required=True, help="Faster R-CNN's training wall clock")
+    ap.add_argument("--budget-s", type=float, required=True, help="Faster R-CNN's training wall clock (0: no Faster R-CNN row)")
     ap.add_argument("--spp", type=Path, nargs="*", default=[], help="metrics.json files of this project's runs (rows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="train.py overrides: the data set and trunk")
@@ -153,17 +155,22 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(ROOT / "spp_det" / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     info = machine_info()
-    train_set, test_set = build_dataset(cfg.dataset, "train"), build_dataset(cfg.dataset, "test")
-    model = faster_rcnn(cfg, len(train_set.classes))
-    fit = train(model, train_set, args.budget_s, args.seed)
-    detections, s_per_image = test(model, test_set)
-    metrics, _ = evaluate(test_set, detections, cfg.dataset.metric)
-    rows = [{"detector": f"Faster R-CNN (torchvision), frozen {cfg.model.trunk.name}", "mAP": metrics["mAP"],
-             "AP": metrics["AP"], "train_s": fit["train_s"], "iterations": fit["iterations"],
-             "test_s_per_image": s_per_image}] + [spp_row(p) for p in args.spp]
+    rows = []
+    if args.budget_s > 0:  # 0: only the runs given (no Faster R-CNN trained)
+        train_set, test_set = build_dataset(cfg.dataset, "train"), build_dataset(cfg.dataset, "test")
+        model = faster_rcnn(cfg, len(train_set.classes))
+        fit = train(model, train_set, args.budget_s, args.seed)
+        detections, s_per_image = test(model, test_set)
+        metrics, _ = evaluate(test_set, detections, cfg.dataset.metric)
+        rows.append({"detector": f"Faster R-CNN (torchvision), frozen {cfg.model.trunk.name}", "mAP": metrics["mAP"],
+                     "AP": metrics["AP"], "train_s": fit["train_s"], "iterations": fit["iterations"],
+                     "test_s_per_image": s_per_image})
+    rows += [spp_row(p) for p in args.spp]
+    if not rows:
+        raise SystemExit("error: nothing to compare: give --budget-s > 0 (Faster R-CNN) or --spp metrics.json files")
     result = {"name": args.name, "machine": info, "overrides": args.overrides, "metric": cfg.dataset.metric,
               "budget_s": args.budget_s, "rows": rows}
-    classes = list(metrics["AP"])
+    classes = list(rows[0]["AP"])
     print(f"\n{describe(info)}\n")
     print("| detector | " + " | ".join(classes) + " | mAP | training s | test s/photo |")
     print("|---" * (len(classes) + 4) + "|")
