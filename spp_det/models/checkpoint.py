@@ -38,9 +38,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model = build_detector(cfg, num_classes=len(ckpt["classes"]), pretrained=False)
     # the input normalisation is not a weight: a code change of a trunk's default would
     # silently feed the learned weights other numbers, so the checkpoint's is checked
+    built = {"mean": model.trunk.mean.flatten().tolist(), "std": model.trunk.std.flatten().tolist()}
     check_fits(ckpt, path or "checkpoint", "its model config now builds", optional=("trunk", "normalization"),
-               hint=" this version of the code", trunk=model.trunk.name, normalization={"mean": model.trunk.mean.flatten().tolist(),
-                                                      "std": model.trunk.std.flatten().tolist()})
+               hint=" this version of the code", trunk=model.trunk.name, normalization=built)
     load_weights(model, ckpt["model"])
     warn_unlearned(model, list(ckpt["classes"]), str(path or "checkpoint"))
     return model.to(device).eval()
