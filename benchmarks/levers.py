@@ -115,6 +115,8 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "dilated_recipe_sgd": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                            "SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place of AdamW lr 3e-4",
                            RECIPE + ["solver.name=sgd", "solver.lr=0.01", "solver.weight_decay=0.0005"]),
+    "dilated_recipe_seed1": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
+                             "seed 1 (the noise of one run on this trunk)", RECIPE + ["seed=1"]),
     "b16_recipe_sgd": ("block16, dropout 0, flips, 20k its, SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place "
                        "of AdamW lr 3e-4", BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
                                                    "solver.steps=[16000]", "solver.name=sgd", "solver.lr=0.01",
