@@ -49,6 +49,12 @@ BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", 
 # 480 alone, as every row); the recipe now trains 8000, the row dilated_recipe_8k
 RECIPE = ["model.dropout=0", "train.flip=true", "solver.max_iter=4000", "solver.steps=[3200]",
           "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]
+# the voc2012_1800_lite0_block16 recipe's training (row b16_drop0_flip_20k)
+BLOCK_RECIPE = BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000", "solver.steps=[16000]"]
+# the paper's solver in place of AdamW: SGD with momentum 0.9 and weight decay 5e-4; lr
+# 0.01, the rate torchvision's detection references give heads that start random (the
+# paper's 1e-4 fine-tunes ImageNet fc layers), stepped to 1e-3 at 80% as every row
+SGD = ["solver.name=sgd", "solver.lr=0.01", "solver.weight_decay=0.0005"]
 # row -> (what it changes, overrides on top of BASE + BASELINE; the recipe's own dropout is 0)
 LEVERS: dict[str, tuple[str, list[str]]] = {
     "lite0_block16_2k": ("block16, dropout 0.5, AdamW lr 3e-4, 2k its", BLOCK + ["model.dropout=0.5"]),
@@ -61,8 +67,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                                             "solver.steps=[4800]"]),
     "b16_drop0_flip": ("block16, dropout 0, flips", BLOCK + ["model.dropout=0", "train.flip=true"]),
     "b16_drop0_flip_20k": ("block16, dropout 0, flips, 20k its (the voc2012_1800_lite0_block16 recipe)",
-                           BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
-                                    "solver.steps=[16000]"]),
+                           BLOCK_RECIPE),
     # the paper's baseline on the same block and schedule: R-CNN mode, its heads trained on
     # warped-crop features (every foreground window + train.rcnn_bg_per_image background ones a photo,
     # no flips: R-CNN fine-tuned without them), tested in R-CNN mode on each photo's first 200
@@ -70,8 +75,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     # the SPP-net row's model is scored on the same 200 with eval.py test.max_windows=200
     "b16_rcnn_20k": ("R-CNN mode on the block: heads trained on warped crops, dropout 0, no flips, 20k its, "
                      "tested on the first 200 windows",
-                     BLOCK + ["model.dropout=0", "train.rcnn=true", "train.flip=false", "solver.max_iter=20000",
-                              "solver.steps=[16000]", "test.max_windows=200"]),
+                     BLOCK_RECIPE + ["train.rcnn=true", "train.flip=false", "test.max_windows=200"]),
     "lite0_dilated_2k": ("dilated Lite0 (1280 ch), dropout 0.5, 2k its", ["model.dropout=0.5"]),
     "dilated_drop0": ("dilated Lite0, dropout 0, 2k its (the voc2012_1800_lite0 recipe)", ["model.dropout=0"]),
     "dilated_drop0_flip_4k": ("dilated Lite0, dropout 0, flips, 4k its", ["model.dropout=0", "train.flip=true",
@@ -109,21 +113,15 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                     "each training window pooled at one of 400/480/576 drawn at random; tested at the three "
                                     "(each window at its best)",
                                     RECIPE + ["model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
-    # the paper's solver in place of AdamW: SGD with momentum 0.9 and weight decay 5e-4; lr
-    # 0.01, the rate torchvision's detection references give heads that start random (the
-    # paper's 1e-4 fine-tunes ImageNet fc layers), stepped to 1e-3 at 80% as every row
     "dilated_recipe_sgd": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                            "SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place of AdamW lr 3e-4",
-                           RECIPE + ["solver.name=sgd", "solver.lr=0.01", "solver.weight_decay=0.0005"]),
+                           RECIPE + SGD),
     "dilated_recipe_seed1": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                              "seed 1 (the noise of one run on this trunk)", RECIPE + ["seed=1"]),
     "b16_recipe_sgd": ("block16, dropout 0, flips, 20k its, SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place "
-                       "of AdamW lr 3e-4", BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000",
-                                                   "solver.steps=[16000]", "solver.name=sgd", "solver.lr=0.01",
-                                                   "solver.weight_decay=0.0005"]),
+                       "of AdamW lr 3e-4", BLOCK_RECIPE + SGD),
     "b16_recipe_fc4096": ("block16, dropout 0, flips, 20k its, fc6/fc7 4096 wide (the paper's)",
-                          BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000", "solver.steps=[16000]",
-                                   "model.hidden=4096"]),
+                          BLOCK_RECIPE + ["model.hidden=4096"]),
     "lite2_dilated_flip_4k_hardbg50_iou3": ("dilated Lite2 (ImageNet top-1 77.6 vs Lite0's 75.1), dropout 0, flips, "
                                             "4k its, half the background from IoU [0.3, 0.5)",
                                             ["model=efficientnet_lite2_dilated", "model.dropout=0", "train.flip=true",
