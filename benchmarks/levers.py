@@ -113,6 +113,12 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                                     "each training window pooled at one of 400/480/576 drawn at random; tested at the three "
                                     "(each window at its best)",
                                     RECIPE + ["model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
+    "dilated_recipe_8k_train3scales": ("dilated Lite0, dropout 0, flips, half the background from IoU [0.3, 0.5), "
+                                       "8k its, each training window pooled at one of 400/480/576 drawn at random; "
+                                       "tested at the three (the two levers of rows dilated_recipe_8k and "
+                                       "dilated_recipe_train3scales together)",
+                                       RECIPE + ["solver.max_iter=8000", "solver.steps=[6400]",
+                                                 "model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
     "dilated_recipe_sgd": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                            "SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place of AdamW lr 3e-4",
                            RECIPE + SGD),

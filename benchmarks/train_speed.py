@@ -11,7 +11,9 @@ config otherwise) and reports iterations/s between the first logged step and the
 set-up (proposals, the conv-map pass, worker start-up) is not counted. Run it twice for a
 warm cache. Writes ``benchmarks/results/train_speed_<name>.json``; with ``--profile`` also
 ``train_speed_<name>_profile.txt``: torch.profiler's operators by self time (CPU, and CUDA
-on a GPU) over the whole run, to see where an iteration goes.
+on a GPU) over ten iterations in the middle of the run, to see where an iteration goes.
+``step_s_median`` is the time an iteration spends in ``Trainer.step``; the rest of
+``1 / iterations_per_s`` is the loader's.
 """
 from __future__ import annotations
 
@@ -48,12 +50,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         trainer = Trainer(cfg, Path(out))
+        import torch
+        cuda = torch.cuda.is_available() and str(cfg.device).startswith("cuda")
+        step, step_s, tables = trainer.step, [], []
+
+        def timed_step(net, batch):
+            """Trainer.step (forward, loss, backward, update, maps copied to the device), timed: the
+            rest of an iteration is the loader's (map reading, window drawing, batch assembly)."""
+            t = time.perf_counter()
+            result = step(net, batch)
+            if cuda:
+                torch.cuda.synchronize()
+            step_s.append(time.perf_counter() - t)
+            if args.profile:
+                prof.step()
+            return result
+
+        trainer.step = timed_step
         if args.profile:
-            import torch
-            from torch.profiler import ProfilerActivity, profile
-            cuda = torch.cuda.is_available() and str(cfg.device).startswith("cuda")
+            from torch.profiler import ProfilerActivity, profile, schedule
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            with profile(activities=activities) as prof:
+            # a window of iterations after a warm-up, not the whole run: over the conv-map
+            # pass and every iteration the table did not finish inside a GPU lease (twice)
+            window = schedule(wait=max(0, args.iters // 2 - 12), warmup=2, active=10, repeat=1)
+            with profile(activities=activities, schedule=window) as prof:
                 trainer.fit()
             tables = [prof.key_averages().table(sort_by=key, row_limit=25)
                       for key in ["self_cpu_time_total"] + (["self_cuda_time_total"] if cuda else [])]
@@ -65,6 +85,9 @@ def main() -> None:
     rate = (last["iteration"] - first["iteration"]) / (last["seconds"] - first["seconds"])
     result = {"name": args.name, "overrides": args.overrides, "iterations": args.iters,
               "iterations_per_s": round(rate, 3), "wall_s": round(wall, 1), "cpu_count": os.cpu_count(),
+              # the median iteration's time inside Trainer.step; 1 / iterations_per_s minus this
+              # is what the loader adds (the step waits for the GPU to finish)
+              "step_s_median": round(sorted(step_s)[len(step_s) // 2], 4),
               "loader_workers": cfg.train.get("loader_workers", 0),
               "machine": platform.processor() or platform.machine()}
     print(json.dumps(result, indent=1))
