@@ -49,6 +49,10 @@ BLOCK = ["model=efficientnet_lite0", "model.hidden=1024", "model.scales=[480]", 
 # 480 alone, as every row); the recipe now trains 8000, the row dilated_recipe_8k
 RECIPE = ["model.dropout=0", "train.flip=true", "solver.max_iter=4000", "solver.steps=[3200]",
           "train.hard_bg_fraction=0.5", "train.hard_bg_iou=0.3"]
+# the two levers measured alone on the recipe (rows dilated_recipe_8k and
+# dilated_recipe_train3scales) and together (dilated_recipe_8k_train3scales)
+LONG = ["solver.max_iter=8000", "solver.steps=[6400]"]
+THREE_SCALES = ["model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]
 # the voc2012_1800_lite0_block16 recipe's training (row b16_drop0_flip_20k)
 BLOCK_RECIPE = BLOCK + ["model.dropout=0", "train.flip=true", "solver.max_iter=20000", "solver.steps=[16000]"]
 # the paper's solver in place of AdamW: SGD with momentum 0.9 and weight decay 5e-4; lr
@@ -106,19 +110,18 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "lite1_dilated_recipe": ("the same with the dilated ImageNet Lite1 (top-1 76.7 vs Lite0's 75.1)",
                              RECIPE + ["model=efficientnet_lite1_dilated"]),
     "dilated_recipe_8k": ("dilated Lite0, dropout 0, flips, half the background from IoU [0.3, 0.5), 8k its",
-                          RECIPE + ["solver.max_iter=8000", "solver.steps=[6400]"]),
+                          RECIPE + LONG),
     "dilated_recipe_fc2048": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                               "fc6/fc7 2048 wide", RECIPE + ["model.hidden=2048"]),
     "dilated_recipe_train3scales": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                                     "each training window pooled at one of 400/480/576 drawn at random; tested at the three "
                                     "(each window at its best)",
-                                    RECIPE + ["model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
+                                    RECIPE + THREE_SCALES),
     "dilated_recipe_8k_train3scales": ("dilated Lite0, dropout 0, flips, half the background from IoU [0.3, 0.5), "
                                        "8k its, each training window pooled at one of 400/480/576 drawn at random; "
                                        "tested at the three (the two levers of rows dilated_recipe_8k and "
                                        "dilated_recipe_train3scales together)",
-                                       RECIPE + ["solver.max_iter=8000", "solver.steps=[6400]",
-                                                 "model.train_scales=[400,480,576]", "model.scales=[400,480,576]"]),
+                                       RECIPE + LONG + THREE_SCALES),
     "dilated_recipe_sgd": ("dilated Lite0, dropout 0, flips, 4k its, half the background from IoU [0.3, 0.5), "
                            "SGD momentum 0.9, lr 0.01, weight decay 5e-4 in place of AdamW lr 3e-4",
                            RECIPE + SGD),
